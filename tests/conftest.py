@@ -1,0 +1,36 @@
+"""Tests run in float64 by default (the oracle comparisons need it); float32 is explicit."""
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+
+def random_problem(seed, num_obs, num_groups, num_covariates, *, empty_group=True, dtype=np.float64):
+    """Random data with unsorted groups; the last group has no rows when ``empty_group``."""
+    rng = np.random.default_rng(seed)
+    used = num_groups - 1 if empty_group else num_groups
+    group_idx = rng.integers(0, used, size=num_obs)
+    X = rng.normal(size=(num_obs, num_covariates)).astype(dtype)
+    y = rng.integers(0, 2, size=num_obs)
+    return X, y, group_idx
+
+
+@pytest.fixture(scope="session")
+def oracle_problem():
+    """A small problem, K != 20, unsorted groups, one empty group, with its PyMC model."""
+    pytest.importorskip("pymc")
+    from reference.model import build_model
+
+    X, y, group_idx = random_problem(0, num_obs=400, num_groups=12, num_covariates=3)
+    model = build_model(X, y, group_idx, num_groups=12)
+    return dict(
+        X=X,
+        y=y,
+        group_idx=group_idx,
+        num_groups=12,
+        model=model,
+        logp=model.compile_logp(),
+        dlogp=model.compile_dlogp(),
+    )
