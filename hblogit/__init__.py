@@ -1,6 +1,7 @@
 """hblogit: Bayesian hierarchical logistic regression, sampled by MCMC in JAX."""
 
 from .data import Dataset, Simulated, Truth, simulate
+from .fit import fit
 from .model import Constrained, Params, constrain, init_params, logdensity, make_logdensity
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Simulated",
     "Truth",
     "constrain",
+    "fit",
     "init_params",
     "logdensity",
     "make_logdensity",

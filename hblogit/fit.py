@@ -1,0 +1,242 @@
+"""``hblogit.fit()``, and ``python -m hblogit.fit``: data -> sampler -> runner -> files.
+
+Note: ``hblogit.fit`` (the package attribute) is the function, bound in ``__init__`` with
+``from .fit import fit``; ``python -m hblogit.fit`` runs ``main`` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import results, runner
+from .data import Dataset
+from .model import make_logdensity
+from .samplers import get_sampler
+
+PRECISIONS = ("mixed", "float32", "float64")
+
+
+def _versions() -> dict:
+    names = ["hblogit", "jax", "jaxlib", "blackjax", "optax", "equinox", "numpy", "arviz"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def _resolve_keep_groups(keep_groups, num_groups: int) -> tuple[int, ...]:
+    if isinstance(keep_groups, (int, np.integer)):
+        if keep_groups < 0:
+            raise ValueError(f"keep_groups must be >= 0, got {keep_groups}")
+        return runner.default_keep_groups(num_groups, int(keep_groups)) if keep_groups else ()
+    groups = tuple(int(g) for g in keep_groups)
+    bad = [g for g in groups if not 0 <= g < num_groups]
+    if bad:
+        raise ValueError(f"keep_groups {bad} are not group indices in [0, {num_groups})")
+    return groups
+
+
+def _with_precision(dataset: Dataset, precision: str):
+    """The dataset and the parameter dtype for a precision mode (see README, Precision)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return dataset, jnp.float32
+    jax.config.update("jax_enable_x64", True)
+    if precision == "float64" and dataset.X.dtype != jnp.float64:
+        dataset = eqx.tree_at(lambda d: (d.X, d.y), dataset, (dataset.X.astype(jnp.float64), dataset.y.astype(jnp.float64)))
+    return dataset, jnp.float64
+
+
+def fit(
+    dataset: Dataset,
+    *,
+    sampler: str = "nuts",
+    chains: int = 4,
+    warmup: int = 1000,
+    draws: int = 1000,
+    seed: int = 0,
+    thin: int = 1,
+    keep_groups=5,
+    sampler_options: dict | None = None,
+    precision: str = "mixed",
+    chunk_size: int = 50,
+    init_steps: int = 200,
+    progress: bool = True,
+):
+    """Sample the posterior; returns an ArviZ DataTree.
+
+    ``posterior`` holds alpha, beta, sigma_alpha, sigma_gamma (constrained) and the group
+    effects of ``keep_groups`` (a count of evenly spread groups, or group indices);
+    ``group_moments`` holds every group's posterior mean and sd; ``sample_stats`` the
+    per-draw statistics; ``attrs["hblogit_run"]`` the run record (JSON).
+
+    ``precision``: "mixed" (default) keeps the data float32 and runs the parameters, the
+    energies and every reduction in float64, which switches on JAX's x64 mode; "float32"
+    runs everything in float32; "float64" everything in float64.
+    """
+    for name, value, low in (("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    dataset, dtype = _with_precision(dataset, precision)
+    kernel = get_sampler(sampler, **(sampler_options or {}))
+    config = runner.RunConfig(
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        thin=thin,
+        seed=seed,
+        keep_groups=_resolve_keep_groups(keep_groups, dataset.num_groups),
+        chunk_size=chunk_size,
+        init_steps=init_steps,
+        progress=progress,
+    )
+    result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype)
+    device = jax.devices()[0]
+    record = {
+        "config": {**config._asdict(), "sampler": sampler, "sampler_options": sampler_options or {}, "precision": precision},
+        "data": {"num_obs": dataset.num_obs, "num_groups": dataset.num_groups, "num_covariates": dataset.num_covariates},
+        "versions": _versions(),
+        "device": f"{device.platform}: {device.device_kind}",
+        "timings": result.timings,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return results.to_datatree(result, dataset, record)
+
+
+def run_record(idata) -> dict:
+    return json.loads(idata.attrs["hblogit_run"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import add_data_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hblogit.fit",
+        description="Fit the hierarchical logistic regression by MCMC and write posterior, summary and plots.",
+    )
+    add_data_arguments(parser)
+    parser.add_argument("--sampler", default="nuts", help="sampler name (default: nuts)")
+    parser.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="sampler option, repeatable")
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--thin", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-groups", default="5", help="a count of groups to keep every draw of, or comma-separated group indices")
+    parser.add_argument("--precision", choices=PRECISIONS, default="mixed", help="see README, Precision (default: mixed)")
+    parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_sampler_options(pairs) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--sampler-opt takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _parse_keep_groups(text: str):
+    try:
+        return int(text) if "," not in text else [int(g) for g in text.split(",") if g]
+    except ValueError:
+        raise ValueError(f"--keep-groups takes a count or comma-separated group indices, got {text!r}") from None
+
+
+def main(argv=None) -> int:
+    from .cli import cli_errors, load_data
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with cli_errors():
+        if args.platform:
+            jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
+        on_gpu = jax.default_backend() == "gpu"
+        default_preset = "seed" if on_gpu else "small"
+        loaded = load_data(args, default_preset=default_preset)
+        print(loaded.description + ("" if args.data or args.preset else f" (no --preset: JAX sees {'a GPU' if on_gpu else 'no GPU'})"), flush=True)
+        options = parse_sampler_options(args.sampler_opt)
+        keep = _parse_keep_groups(args.keep_groups)
+        out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        idata = fit(
+            loaded.dataset,
+            sampler=args.sampler,
+            chains=args.chains,
+            warmup=args.warmup,
+            draws=args.draws,
+            seed=args.seed,
+            thin=args.thin,
+            keep_groups=keep,
+            sampler_options=options,
+            precision=args.precision,
+            progress=not args.no_progress,
+        )
+    write_outputs(idata, loaded.truth, out)
+    return 0
+
+
+def write_outputs(idata, truth, out: Path) -> None:
+    """posterior.nc, summary.csv, trace.png, recovery.png (simulated data), run.json; console report."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = results.summary(idata)
+    verdict = results.diagnose(idata, table)
+    record = run_record(idata)
+    sampling_s = record["timings"]["sampling_s"]
+    total_s = sum(record["timings"].values())
+    record.update(
+        gradient_evaluations=verdict.gradient_evaluations,
+        divergences=verdict.divergences,
+        min_ess_bulk=verdict.min_ess_bulk,
+        min_ess_tail=verdict.min_ess_tail,
+        max_r_hat=verdict.max_r_hat,
+        min_ess_per_second_sampling=verdict.min_ess_bulk / sampling_s,
+        min_ess_per_second_total=verdict.min_ess_bulk / total_s,
+        wall_seconds=total_s,
+        warnings=verdict.warnings,
+    )
+    idata.to_netcdf(out / "posterior.nc")
+    table.to_csv(out / "summary.csv")
+    results.plot_trace(idata, out / "trace.png")
+    if truth is not None:
+        results.plot_recovery(idata, truth, out / "recovery.png")
+    (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 200, "display.width", 160):
+        print(table.round(4).to_string())
+    timings = record["timings"]
+    print(
+        f"\nwall {total_s:.1f} s (compile {timings['compile_warmup_s'] + timings['compile_sampling_s']:.1f}, "
+        f"warm-up {timings['warmup_s']:.1f}, sampling {sampling_s:.1f}); "
+        f"{verdict.gradient_evaluations:,} gradients; min bulk ESS {verdict.min_ess_bulk:.0f} "
+        f"({record['min_ess_per_second_total']:.2f}/s of wall time)"
+    )
+    print(results.format_verdict(verdict))
+    print(f"wrote {out}/: posterior.nc summary.csv trace.png{' recovery.png' if truth is not None else ''} run.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

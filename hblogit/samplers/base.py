@@ -1,0 +1,100 @@
+"""The sampler protocol, the per-step statistics every sampler reports, and the registry.
+
+A sampler works on a batch of chains at once (the leading axis of every leaf), so that
+ensemble methods that adapt across chains fit the same protocol as per-chain ones; a
+per-chain BlackJAX kernel is lifted with ``jax.vmap``. Like BlackJAX, a sampler is pure
+functions over NamedTuple states:
+
+    state = sampler.init(positions, logdensity, num_warmup)          # warm-up state
+    state, stats = sampler.warmup_step(key, state, logdensity, t)    # t: warm-up step index
+    state = sampler.finish_warmup(state)                             # tuned sampling state
+    state, stats = sampler.step(key, state, logdensity)
+    positions = sampler.position(state)
+
+``logdensity`` is passed to every call (it is a pytree holding the data), so one compiled
+program serves any dataset of the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+
+class StepStats(NamedTuple):
+    """What every sampler reports for every step and chain (ArviZ sample_stats names).
+
+    Samplers without a notion fill it with a neutral value: ``tree_depth`` 0 and
+    ``reached_max_treedepth`` False outside NUTS, ``energy`` NaN where there is no
+    Hamiltonian.
+    """
+
+    lp: jax.Array
+    acceptance_rate: jax.Array
+    diverging: jax.Array
+    energy: jax.Array
+    n_steps: jax.Array  # gradient evaluations spent by this step
+    step_size: jax.Array
+    tree_depth: jax.Array
+    reached_max_treedepth: jax.Array
+
+
+class Sampler(Protocol):
+    name: str
+
+    def init(self, positions, logdensity: Callable, num_warmup: int) -> Any: ...
+
+    def warmup_step(self, key, state, logdensity: Callable, step_index) -> tuple[Any, StepStats]: ...
+
+    def finish_warmup(self, state) -> Any: ...
+
+    def step(self, key, state, logdensity: Callable) -> tuple[Any, StepStats]: ...
+
+    def position(self, state) -> Any: ...
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {}
+
+
+def register(name: str):
+    """Class decorator: ``@register("nuts")`` makes ``get_sampler("nuts", **options)`` build it."""
+
+    def decorate(factory):
+        SAMPLERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def get_sampler(name: str, **options) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; registered: {', '.join(sorted(SAMPLERS))}")
+    try:
+        return SAMPLERS[name](**options)
+    except TypeError as error:
+        raise ValueError(f"bad option for sampler {name!r}: {error}") from None
+
+
+def chain_keys(key, num_chains: int):
+    return jax.random.split(key, num_chains)
+
+
+def num_chains(positions) -> int:
+    return jax.tree.leaves(positions)[0].shape[0]
+
+
+def neutral_stats(lp, acceptance_rate, diverging, n_steps, step_size, energy=None) -> StepStats:
+    """StepStats for a sampler with no tree: depth 0, never at the maximum depth."""
+    shape = jnp.shape(lp)
+    return StepStats(
+        lp=lp,
+        acceptance_rate=acceptance_rate,
+        diverging=diverging,
+        energy=jnp.full(shape, jnp.nan, lp.dtype) if energy is None else energy,
+        n_steps=jnp.broadcast_to(n_steps, shape).astype(jnp.int32),
+        step_size=jnp.broadcast_to(step_size, shape),
+        tree_depth=jnp.zeros(shape, jnp.int32),
+        reached_max_treedepth=jnp.zeros(shape, bool),
+    )
