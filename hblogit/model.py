@@ -147,6 +147,33 @@ def _log_likelihood_value_and_grad(params: Params, data: Dataset) -> tuple[jax.A
     return value, grad
 
 
+def fisher_diagonal(params: Params, data: Dataset) -> Params:
+    """The diagonal of the expected information (minus the Hessian of the log-density) at ``params``.
+
+    Each coordinate's precision with the others held fixed: prior curvature plus the
+    Bernoulli information sum_i w_i (d eta_i / d theta)^2 with w_i = p_i (1 - p_i), from the
+    same segment sums as the gradient. Its inverse is a cheap first diagonal mass matrix for
+    HMC, far closer to the posterior's scales than the identity (the global coefficients'
+    posterior sds are ~1e-2 at the post's size, the z's ~1).
+    """
+    accumulate = _accumulate_dtype(params)
+    p = jax.nn.sigmoid(_linear_predictor(params, data))
+    weight = p * (1 - p)
+    segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
+    Sw = jax.ops.segment_sum(weight, **segment).astype(accumulate)
+    Swx2 = jax.ops.segment_sum(weight[:, None] * jnp.square(data.X), **segment).astype(accumulate)
+    sigma_alpha = jnp.exp(params.log_sigma_alpha)
+    sigma_gamma = jnp.exp(params.log_sigma_gamma)
+    return Params(
+        alpha=jnp.sum(Sw) + PRIOR_SD_ALPHA**-2,
+        beta=jnp.sum(Swx2, axis=0) + PRIOR_SD_BETA**-2,
+        log_sigma_alpha=sigma_alpha**2 * (jnp.sum(jnp.square(params.z_alpha) * Sw) + 2 / PRIOR_SD_SIGMA_ALPHA**2),
+        log_sigma_gamma=sigma_gamma**2 * (jnp.sum(jnp.square(params.z_gamma) * Swx2, axis=0) + 2 / PRIOR_SD_SIGMA_GAMMA**2),
+        z_alpha=sigma_alpha**2 * Sw + 1,
+        z_gamma=sigma_gamma**2 * Swx2 + 1,
+    )
+
+
 @jax.custom_vjp
 def log_likelihood(params: Params, data: Dataset) -> jax.Array:
     """The Bernoulli log-likelihood; its gradient is the hand-written one below."""

@@ -43,6 +43,7 @@ def to_datatree(result: RunResult, dataset, record: dict) -> xr.DataTree:
         },
         dims=dims,
         coords=coords,
+        save_warmup=True,
     )
     idata.attrs["hblogit_run"] = json.dumps(record, default=str)
     idata["group_moments"] = xr.DataTree(pooled_group_moments(result, dataset))

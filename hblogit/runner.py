@@ -12,6 +12,7 @@ sample statistics; every group's posterior mean and sd are streamed (Welford) in
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -20,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .model import Constrained, Params, constrain, init_params, log_likelihood, log_prior
+from jax.flatten_util import ravel_pytree
+
+from .model import Constrained, Params, constrain, fisher_diagonal, init_params, log_likelihood, log_prior
 from .samplers.base import Sampler, StepStats
 
 
@@ -83,9 +86,17 @@ def starting_points(key, logdensity, chains: int, steps: int, learning_rate: flo
     """
     dataset = logdensity.dataset
     starts = jax.vmap(lambda k: init_params(k, dataset, dtype=dtype))(jax.random.split(key, chains))
+    positions = _descend(starts, logdensity, steps, learning_rate)
+    check_finite_start(positions, dataset)
+    return positions
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _descend(starts: Params, logdensity, steps: int, learning_rate: float) -> Params:
+    """``steps`` Adam steps on -logdensity, for every chain at once."""
     optimizer = optax.adam(learning_rate)
 
-    def descend(position, logdensity):
+    def one_chain(position):
         def one_step(carry, _):
             position, opt_state = carry
             grad = jax.grad(lambda p: -logdensity(p))(position)
@@ -95,20 +106,27 @@ def starting_points(key, logdensity, chains: int, steps: int, learning_rate: flo
         (position, _), _ = jax.lax.scan(one_step, (position, optimizer.init(position)), None, length=steps)
         return position
 
-    positions = jax.jit(jax.vmap(descend, in_axes=(0, None)))(starts, logdensity)
-    check_finite_start(positions, dataset)
-    return positions
+    return jax.vmap(one_chain)(starts)
+
+
+@jax.jit
+def _finite_parts(positions: Params, dataset):
+    """Per chain: are the prior and the likelihood, with their gradients, finite?"""
+
+    def all_finite(value, grad):
+        return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in grad]))
+
+    def one_chain(p):
+        prior = jax.value_and_grad(log_prior)(p)
+        likelihood = jax.value_and_grad(log_likelihood)(p, dataset)
+        return all_finite(*prior), all_finite(*likelihood)
+
+    return jax.vmap(one_chain)(positions)
 
 
 def check_finite_start(positions: Params, dataset) -> None:
-    def parts(p):
-        prior, prior_grad = jax.value_and_grad(log_prior)(p)
-        lik, lik_grad = jax.value_and_grad(log_likelihood)(p, dataset)
-        finite = lambda v, g: jnp.isfinite(v) & jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in g]))
-        return finite(prior, prior_grad), finite(lik, lik_grad)
-
-    prior_ok, lik_ok = jax.jit(jax.vmap(parts))(positions)
-    for name, ok in (("prior", prior_ok), ("likelihood", lik_ok)):
+    prior_ok, likelihood_ok = _finite_parts(positions, dataset)
+    for name, ok in (("prior", prior_ok), ("likelihood", likelihood_ok)):
         bad = np.flatnonzero(~np.asarray(ok))
         if bad.size:
             raise ValueError(
@@ -122,6 +140,7 @@ def _kept(position: Params, keep: jax.Array) -> Kept:
     return Kept(c.alpha, c.beta, c.sigma_alpha, c.sigma_gamma, c.alpha_group[:, keep], c.gamma_group[:, keep, :])
 
 
+@jax.jit
 def _moments_init(position: Params) -> GroupMoments:
     c = constrain(position)
     zeros = jnp.zeros_like
@@ -155,8 +174,9 @@ def _thinned(stats: StepStats) -> StepStats:
     return last._replace(diverging=jnp.any(stats.diverging, axis=0), n_steps=jnp.sum(stats.n_steps, axis=0))
 
 
+@functools.lru_cache(maxsize=16)
 def make_phases(sampler: Sampler, chunk_size: int, thin: int):
-    """The two compiled chunk programs: warm-up and sampling."""
+    """The two jitted chunk programs: warm-up and sampling (cached: runs share compiles)."""
 
     def warmup_chunk(state, key, start, length, logdensity):
         stats_shape = jax.eval_shape(lambda: sampler.warmup_step(key, state, logdensity, start)[1])
@@ -195,6 +215,23 @@ def make_phases(sampler: Sampler, chunk_size: int, thin: int):
         jax.jit(warmup_chunk, donate_argnums=(0,)),
         jax.jit(sample_chunk, donate_argnums=(0, 1)),
     )
+
+
+_EXECUTABLES: dict = {}
+
+
+def compiled(jitted, *args):
+    """``jitted`` compiled ahead of time for ``args``' shapes, cached across runs.
+
+    Ahead-of-time compilation lets the run record time compilation apart from sampling;
+    the cache keeps a second run of the same shapes (tests, resumed runs) from compiling
+    again.
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    key = (jitted, treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", False)) for x in leaves))
+    if key not in _EXECUTABLES:
+        _EXECUTABLES[key] = jitted.lower(*args).compile()
+    return _EXECUTABLES[key]
 
 
 def _chunks(total: int, size: int):
@@ -241,6 +278,23 @@ def _concat(parts: Sequence, axis=1):
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=axis), *parts)
 
 
+@jax.jit
+def initial_inverse_mass_matrix(positions: Params, dataset) -> jax.Array:
+    """(chains, d): one over the information diagonal at each chain's start, flattened in
+    the order BlackJAX ravels a Params."""
+    return jax.vmap(lambda p: ravel_pytree(jax.tree.map(jnp.reciprocal, fisher_diagonal(p, dataset)))[0])(positions)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _init(sampler, positions, logdensity, num_warmup, inverse_mass_matrix):
+    return sampler.init(positions, logdensity, num_warmup, inverse_mass_matrix)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _finish_warmup(sampler, state):
+    return sampler.finish_warmup(state)
+
+
 def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None) -> RunResult:
     """Starting points, warm-up, draws. ``dtype`` is the parameters' (float64 in mixed mode)."""
     dtype = dtype or jnp.result_type(float)
@@ -250,14 +304,15 @@ def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None) -> RunRe
 
     start = time.perf_counter()
     positions = starting_points(key_init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
-    state = jax.jit(sampler.init, static_argnums=(2,))(positions, logdensity, config.warmup)
+    inverse_mass_matrix = initial_inverse_mass_matrix(positions, logdensity.dataset)
+    state = _init(sampler, positions, logdensity, config.warmup, inverse_mass_matrix)
     jax.block_until_ready(state)
     timings["initialisation_s"] = time.perf_counter() - start
 
     warmup_chunk, sample_chunk = make_phases(sampler, config.chunk_size, config.thin)
     start = time.perf_counter()
     int32 = lambda v: jnp.asarray(v, jnp.int32)
-    warmup_compiled = warmup_chunk.lower(state, key_warmup, int32(0), int32(1), logdensity).compile()
+    warmup_compiled = compiled(warmup_chunk, state, key_warmup, int32(0), int32(1), logdensity)
     timings["compile_warmup_s"] = time.perf_counter() - start
 
     progress = _Progress(config.warmup + config.draws, config.progress)
@@ -268,13 +323,13 @@ def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None) -> RunRe
         stats = jax.device_get(stats)
         progress.update("warm-up", stats, length)
         warmup_stats.append(_to_numpy(stats, length))
-    state = jax.jit(sampler.finish_warmup)(state)
+    state = _finish_warmup(sampler, state)
     jax.block_until_ready(state)
     timings["warmup_s"] = time.perf_counter() - start
 
-    moments = jax.jit(_moments_init)(sampler.position(state))
+    moments = _moments_init(sampler.position(state))
     start = time.perf_counter()
-    sample_compiled = sample_chunk.lower(state, moments, key_sample, int32(0), int32(1), logdensity, keep).compile()
+    sample_compiled = compiled(sample_chunk, state, moments, key_sample, int32(0), int32(1), logdensity, keep)
     timings["compile_sampling_s"] = time.perf_counter() - start
 
     draws, sample_stats = [], []

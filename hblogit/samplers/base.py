@@ -5,13 +5,15 @@ ensemble methods that adapt across chains fit the same protocol as per-chain one
 per-chain BlackJAX kernel is lifted with ``jax.vmap``. Like BlackJAX, a sampler is pure
 functions over NamedTuple states:
 
-    state = sampler.init(positions, logdensity, num_warmup)          # warm-up state
+    state = sampler.init(positions, logdensity, num_warmup, inverse_mass_matrix)  # warm-up state
     state, stats = sampler.warmup_step(key, state, logdensity, t)    # t: warm-up step index
     state = sampler.finish_warmup(state)                             # tuned sampling state
     state, stats = sampler.step(key, state, logdensity)
     positions = sampler.position(state)
 
-``logdensity`` is passed to every call (it is a pytree holding the data), so one compiled
+``inverse_mass_matrix`` (chains, d) is the runner's first guess at the posterior variances
+(flattened as ``jax.flatten_util.ravel_pytree`` orders a position); samplers with a
+mass matrix start from it, others may ignore it. ``logdensity`` is passed to every call (it is a pytree holding the data), so one compiled
 program serves any dataset of the same shape.
 """
 
@@ -44,7 +46,7 @@ class StepStats(NamedTuple):
 class Sampler(Protocol):
     name: str
 
-    def init(self, positions, logdensity: Callable, num_warmup: int) -> Any: ...
+    def init(self, positions, logdensity: Callable, num_warmup: int, inverse_mass_matrix) -> Any: ...
 
     def warmup_step(self, key, state, logdensity: Callable, step_index) -> tuple[Any, StepStats]: ...
 

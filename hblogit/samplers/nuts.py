@@ -9,7 +9,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from blackjax.mcmc.hmc import HMCState
-from jax.flatten_util import ravel_pytree
 
 from . import window
 from .base import StepStats, chain_keys, register
@@ -55,12 +54,11 @@ class NUTS(eqx.Module):
         )
         return chain, stats
 
-    def init(self, positions, logdensity, num_warmup):
+    def init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
         chains = jax.vmap(blackjax.nuts.init, in_axes=(0, None))(positions, logdensity)
-        num_dims = ravel_pytree(jax.tree.map(lambda x: x[0], positions))[0].size
         init, _, _ = window.window_adaptation(self.target_acceptance_rate)
-        dtype = chains.logdensity.dtype
-        adaptation = jax.vmap(lambda _: init(num_dims, jnp.asarray(self.initial_step_size, dtype)))(chains.logdensity)
+        step_size = jnp.asarray(self.initial_step_size, chains.logdensity.dtype)
+        adaptation = jax.vmap(init, in_axes=(0, None))(inverse_mass_matrix, step_size)
         return WarmupState(chains, adaptation, jnp.asarray(window.schedule(num_warmup)))
 
     def warmup_step(self, key, state, logdensity, step_index):

@@ -39,8 +39,8 @@ def window_adaptation(target_acceptance_rate: float):
     da_init, da_update, da_final = dual_averaging_adaptation(target_acceptance_rate)
     mm_init, mm_update, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
 
-    def init(num_dims: int, initial_step_size) -> WindowState:
-        mass = mm_init(num_dims)
+    def init(inverse_mass_matrix, initial_step_size) -> WindowState:
+        mass = mm_init(inverse_mass_matrix.shape[0], inverse_mass_matrix)
         return WindowState(da_init(initial_step_size), mass, jnp.asarray(initial_step_size), mass.inverse_mass_matrix)
 
     def update(state: WindowState, stage, window_end, position, acceptance_rate) -> WindowState:
