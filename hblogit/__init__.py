@@ -1,6 +1,7 @@
 """hblogit: Bayesian hierarchical logistic regression, sampled by MCMC in JAX."""
 
 from .data import Dataset, Simulated, Truth, simulate
+from .io import load_table
 from .model import Constrained, Params, constrain, init_params, logdensity, make_logdensity
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Truth",
     "constrain",
     "init_params",
+    "load_table",
     "logdensity",
     "make_logdensity",
     "simulate",
