@@ -29,6 +29,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 
 import hblogit
@@ -68,17 +69,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     add_data_arguments(parser)
     parser.add_argument("--mode", choices=["gradient", "posterior"], default="gradient")
-    parser.add_argument("--out", metavar="DIR", type=Path, help="where to write the table (default runs/check-<timestamp>)")
+    parser.add_argument(
+        "--out", metavar="DIR", type=Path, help="where to write the tables (default runs/check-<timestamp>)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for the points or the samplers")
     gradient = parser.add_argument_group("gradient mode")
-    gradient.add_argument("--points", type=_positive_int, default=5, help="points compared (half near the prior, half near the mode)")
+    gradient.add_argument(
+        "--points", type=_positive_int, default=5, help="points compared (half near the prior, half near the mode)"
+    )
     gradient.add_argument("--adam-steps", type=_positive_int, default=300, help="Adam steps towards the posterior mode")
     posterior = parser.add_argument_group("posterior mode")
     posterior.add_argument("--sampler", default="nuts", help="hblogit sampler name")
     posterior.add_argument("--chains", type=_positive_int, default=4)
     posterior.add_argument("--warmup", type=_positive_int, default=1000)
     posterior.add_argument("--draws", type=_positive_int, default=1000)
-    posterior.add_argument("--force", action="store_true", help=f"sample data larger than N*K = {POSTERIOR_MAX_CELLS:,} or G = {POSTERIOR_MAX_GROUPS:,}")
+    posterior.add_argument(
+        "--force",
+        action="store_true",
+        help=f"sample data larger than N*K = {POSTERIOR_MAX_CELLS:,} or G = {POSTERIOR_MAX_GROUPS:,}",
+    )
     return parser.parse_args(argv)
 
 
@@ -95,7 +104,8 @@ def main(argv=None) -> int:
     try:
         import pymc  # noqa: F401  (also switches on JAX x64)
     except ImportError:
-        print(f"error: hblogit.check compares against PyMC, which is not installed; add it with: {INSTALL_REFERENCE}", file=sys.stderr)
+        message = f"error: hblogit.check compares against PyMC, which is not installed: {INSTALL_REFERENCE}"
+        print(message, file=sys.stderr)
         return 2
     jax.config.update("jax_enable_x64", True)
     loaded = load_data(args, default_preset="small")
@@ -149,7 +159,8 @@ def gradient_check(dataset: Dataset, num_points: int, seed: int, adam_steps: int
         "Gradient relative error = max |hblogit - PyMC| over the block (or the whole gradient) "
         "/ max |PyMC| over the whole gradient, so that near-zero entries do not inflate it."
     )
-    return [("errors", errors, notes), ("timing", pd.DataFrame(timing_rows), "median of one value-and-gradient call per point, after a warm-up call")], failures
+    timing_notes = "median of one value-and-gradient call per point, after a warm-up call"
+    return [("errors", errors, notes), ("timing", pd.DataFrame(timing_rows), timing_notes)], failures
 
 
 def check_points(dataset: Dataset, num_points: int, seed: int, adam_steps: int) -> list[tuple[str, Params]]:
@@ -166,17 +177,15 @@ def check_points(dataset: Dataset, num_points: int, seed: int, adam_steps: int) 
     ]
     if num_points > num_prior:
         mode = posterior_mode(dataset, points[0][1], adam_steps)
-        points += [
-            (f"mode-{i}", jax.tree.map(jnp.add, mode, hblogit.init_params(key, dataset, radius=0.05, dtype=jnp.float64)))
-            for i, key in enumerate(keys[num_prior:])
-        ]
+        for i, key in enumerate(keys[num_prior:]):
+            perturbation = hblogit.init_params(key, dataset, radius=0.05, dtype=jnp.float64)
+            points.append((f"mode-{i}", jax.tree.map(jnp.add, mode, perturbation)))
     return points
 
 
 def posterior_mode(dataset: Dataset, start: Params, steps: int, learning_rate: float = 0.05) -> Params:
-    """Adam on -logdensity: a point where the gradient is small, as a sampler's would be."""
-    import optax
-
+    """Adam on -logdensity: a far higher density and a far smaller gradient than at prior
+    points, where a relative error of the gradient is hardest to keep small."""
     optimizer = optax.adam(learning_rate)
 
     @jax.jit
@@ -300,11 +309,15 @@ def error_table_rows(precision: str, tolerance: Tolerance, comparison: Compariso
     rows = []
     for quantity, error in worst.items():
         limit = tolerance.value if quantity == "value" else tolerance.gradient
-        rows.append(dict(precision=precision, quantity=quantity, worst_rel_error=error, tolerance=limit, ok=bool(error <= limit)))
+        ok = bool(error <= limit)
+        rows.append(dict(precision=precision, quantity=quantity, worst_rel_error=error, tolerance=limit, ok=ok))
     return rows
 
 
 # ---------------------------------------------------------------- posterior mode
+
+# hblogit posterior variable -> PyMC variable
+GLOBALS = {"alpha": "α", "beta": "β", "sigma_alpha": "σ_α", "sigma_gamma": "σ_γ"}
 
 
 def posterior_check(dataset: Dataset, args: argparse.Namespace):
@@ -317,17 +330,14 @@ def posterior_check(dataset: Dataset, args: argparse.Namespace):
     ours = {name: ours.posterior[name] for name in GLOBALS}
     sampler, theirs = pymc_posterior(dataset, args)
     table = posterior_table(summarise(ours, dataset), summarise(theirs, dataset))
-    failures = [f"{name} (z = {z:+.1f})" for name, z in zip(table.parameter, table.z) if not abs(z) < POSTERIOR_MAX_ABS_Z]
+    failures = [f"{name} (z = {z:+.1f})" for name, z, ok in zip(table.parameter, table.z, table.ok) if not ok]
     notes = (
         f"hblogit sampler {args.sampler!r}, PyMC sampler {sampler!r}; {args.chains} chains, "
         f"{args.warmup} warmup and {args.draws} draws each, seed {args.seed}. "
-        f"z = (mean_hblogit - mean_PyMC) / sqrt(mcse_hblogit^2 + mcse_PyMC^2); agreement when |z| < {POSTERIOR_MAX_ABS_Z:g}."
+        "z = (mean_hblogit - mean_PyMC) / sqrt(mcse_hblogit^2 + mcse_PyMC^2); "
+        f"agreement when |z| < {POSTERIOR_MAX_ABS_Z:g}."
     )
     return [("posterior", table, notes)], failures
-
-
-# hblogit posterior variable -> PyMC variable
-GLOBALS = {"alpha": "α", "beta": "β", "sigma_alpha": "σ_α", "sigma_gamma": "σ_γ"}
 
 
 def require_small_enough(dataset: Dataset, force: bool) -> None:
@@ -377,11 +387,13 @@ def summarise(posterior: dict, dataset: Dataset) -> pd.DataFrame:
 
     rows = []
     for name, draws in posterior.items():
-        array = np.asarray(draws.transpose("chain", "draw", ...)).reshape(draws.sizes["chain"], draws.sizes["draw"], -1)
+        array = np.asarray(draws.transpose("chain", "draw", ...))
+        array = array.reshape(*array.shape[:2], -1)
         labels = [name] if draws.ndim == 2 else [f"{name}[{c}]" for c in dataset.covariate_names]
         for column, label in enumerate(labels):
             samples = array[..., column]
-            rows.append(dict(parameter=label, mean=samples.mean(), sd=samples.std(ddof=1), mcse=float(az.mcse(samples))))
+            mcse = float(az.mcse(samples))
+            rows.append(dict(parameter=label, mean=samples.mean(), sd=samples.std(ddof=1), mcse=mcse))
     return pd.DataFrame(rows).set_index("parameter")
 
 

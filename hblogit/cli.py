@@ -74,7 +74,8 @@ def load_preset(name: str) -> LoadedData:
         raise ValueError(f"unknown preset {name!r}: choose from {', '.join(sorted(PRESETS))}")
     simulated = simulate(**PRESETS[name])
     dataset = simulated.dataset()
-    return LoadedData(dataset, simulated.truth, f"preset {name!r} (simulated, seed {PRESETS[name]['seed']}); {_sizes(dataset)}")
+    description = f"preset {name!r} (simulated, seed {PRESETS[name]['seed']}); {_sizes(dataset)}"
+    return LoadedData(dataset, simulated.truth, description)
 
 
 def _sizes(dataset: Dataset) -> str:

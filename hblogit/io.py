@@ -43,7 +43,8 @@ def load_table(path, outcome: str, group: str, covariates=None) -> Dataset:
     y = _binary_outcome(table[outcome], outcome, where)
     X = _covariate_matrix(table, covariates, where)
     group_idx, labels = pd.factorize(table[group], sort=True)
-    return Dataset(X, y, group_idx, num_groups=len(labels), covariate_names=covariates, group_labels=np.asarray(labels))
+    labels = np.asarray(labels)
+    return Dataset(X, y, group_idx, num_groups=len(labels), covariate_names=covariates, group_labels=labels)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -78,7 +79,9 @@ def _npz_table(path: Path) -> pd.DataFrame:
             raise ValueError(f"'X' in {path.name} must be 2-D (rows x covariates), got {X.ndim} dimension(s)")
         names = [f"x{k}" for k in range(X.shape[1])] if names is None else [str(n) for n in names]
         if len(names) != X.shape[1]:
-            raise ValueError(f"'covariate_names' in {path.name} has {len(names)} names but 'X' has {X.shape[1]} columns")
+            raise ValueError(
+                f"'covariate_names' in {path.name} has {len(names)} names but 'X' has {X.shape[1]} columns"
+            )
         columns.update(zip(names, X.T))
     lengths = {key: len(value) for key, value in columns.items()}
     if len(set(lengths.values())) > 1:
@@ -95,7 +98,8 @@ def _require_no_missing(values: pd.Series, column: str, where: str) -> None:
     missing = values.isna().to_numpy()
     if missing.any():
         raise ValueError(
-            f"column {column!r} {where} has {missing.sum()} missing value(s) (NaN), first at row {int(np.argmax(missing))}"
+            f"column {column!r} {where} has {missing.sum()} missing value(s) (NaN), "
+            f"first at row {int(np.argmax(missing))}"
         )
 
 
