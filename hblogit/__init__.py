@@ -2,6 +2,7 @@
 
 from .data import Dataset, Simulated, Truth, simulate
 from .fit import fit
+from .io import load_table
 from .model import Constrained, Params, constrain, init_params, logdensity, make_logdensity
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "constrain",
     "fit",
     "init_params",
+    "load_table",
     "logdensity",
     "make_logdensity",
     "simulate",

@@ -1,0 +1,102 @@
+"""What every command-line tool shares: the data options, loading them, and error reporting.
+
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+
+    @cli_errors
+    def main(argv=None) -> int:
+        args = parser.parse_args(argv)
+        loaded = load_data(args, default_preset="small")
+        ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import NamedTuple
+
+from .data import Dataset, Truth, simulate
+from .io import load_table
+from .presets import PRESETS
+
+
+class LoadedData(NamedTuple):
+    dataset: Dataset
+    truth: Truth | None  # known for a simulated preset, None for a file
+    description: str  # one line: where the data came from and its sizes
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` or ``--data`` (with ``--outcome``, ``--group`` and optional ``--covariates``)."""
+    options = parser.add_argument_group("data")
+    source = options.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a simulated problem from hblogit.presets")
+    source.add_argument("--data", metavar="PATH", help="a .csv, .parquet or .npz table (see hblogit.io)")
+    options.add_argument("--outcome", metavar="COL", help="the 0/1 outcome column (with --data)")
+    options.add_argument("--group", metavar="COL", help="the group label column (with --data)")
+    options.add_argument(
+        "--covariates",
+        metavar="A,B,C",
+        type=_comma_list,
+        help="covariate columns, comma-separated (with --data; default: every other numeric column)",
+    )
+
+
+def _comma_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated column names")
+    return names
+
+
+def load_data(args: argparse.Namespace, default_preset: str = "small") -> LoadedData:
+    """The data the options name; ``default_preset`` when neither ``--preset`` nor ``--data`` is given."""
+    if args.data is None:
+        stray = [flag for flag in ("outcome", "group", "covariates") if getattr(args, flag) is not None]
+        if stray:
+            raise ValueError(f"--{stray[0]} applies only to --data")
+        return load_preset(args.preset or default_preset)
+    missing = [flag for flag in ("outcome", "group") if getattr(args, flag) is None]
+    if missing:
+        raise ValueError(f"--data needs {' and '.join('--' + m for m in missing)}")
+    dataset = load_table(args.data, args.outcome, args.group, args.covariates)
+    description = (
+        f"{args.data}: outcome {args.outcome!r}, group {args.group!r}, "
+        f"covariates {', '.join(dataset.covariate_names)}; {_sizes(dataset)}"
+    )
+    return LoadedData(dataset, None, description)
+
+
+def load_preset(name: str) -> LoadedData:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose from {', '.join(sorted(PRESETS))}")
+    simulated = simulate(**PRESETS[name])
+    dataset = simulated.dataset()
+    description = f"preset {name!r} (simulated, seed {PRESETS[name]['seed']}); {_sizes(dataset)}"
+    return LoadedData(dataset, simulated.truth, description)
+
+
+def _sizes(dataset: Dataset) -> str:
+    return f"N={dataset.num_obs:,} G={dataset.num_groups:,} K={dataset.num_covariates}"
+
+
+def cli_errors(main):
+    """Wrap ``main(argv) -> int`` so that a bad input ends it with one line and exit status 2.
+
+    ``ValueError`` and ``FileNotFoundError`` are the user's mistakes (a missing column, an
+    unreadable file): the user needs the message, not a traceback. Anything else is a bug and
+    keeps its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+
+    return wrapped

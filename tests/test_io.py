@@ -1,0 +1,156 @@
+"""load_table on every format, and the shared command-line data options."""
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hblogit
+from hblogit.cli import add_data_arguments, cli_errors, load_data
+
+
+def frame(labels):
+    """Six rows, two numeric covariates, one text column that default covariates must skip."""
+    return pd.DataFrame(
+        {
+            "x1": [0.5, -1.0, 2.0, 0.0, 1.5, -0.5],
+            "shop": labels,
+            "bought": [1, 0, 1, 1, 0, 0],
+            "note": ["a", "b", "c", "d", "e", "f"],
+            "x2": [1, 2, 3, 4, 5, 6],
+        }
+    )
+
+
+STRING_LABELS = ["zeta", "alpha", "zeta", "mid", "alpha", "zeta"]
+SPARSE_LABELS = [9_000_000_001, 17, 9_000_000_001, 123_456_789_012, 17, 9_000_000_001]
+
+
+def write(table, tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".csv":
+        table.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        table.to_parquet(path)
+    else:
+        np.savez(path, **{c: np.asarray(table[c].tolist()) for c in table.columns})  # text as <U, not object
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
+@pytest.mark.parametrize("labels", [STRING_LABELS, SPARSE_LABELS], ids=["strings", "sparse-ints"])
+def test_load_table_keeps_labels_and_names(tmp_path, suffix, labels):
+    table = frame(labels)
+    ds = hblogit.load_table(write(table, tmp_path, suffix), "bought", "shop")
+    assert ds.covariate_names == ("x1", "x2")
+    assert list(ds.group_labels) == sorted(set(labels))
+    assert ds.num_groups == 3 and ds.num_obs == 6
+    # Row by row, each observation keeps its covariates, outcome and label.
+    order = np.asarray(ds.order)
+    np.testing.assert_allclose(np.asarray(ds.X), table[["x1", "x2"]].to_numpy()[order])
+    np.testing.assert_array_equal(np.asarray(ds.y), table["bought"].to_numpy()[order])
+    np.testing.assert_array_equal(
+        [ds.group_labels[g] for g in np.asarray(ds.group_idx)], np.asarray(labels, dtype=object)[order]
+    )
+
+
+def test_explicit_covariates_keep_their_order(tmp_path):
+    path = write(frame(STRING_LABELS), tmp_path, ".csv")
+    ds = hblogit.load_table(path, "bought", "shop", covariates=["x2", "x1"])
+    assert ds.covariate_names == ("x2", "x1")
+    np.testing.assert_allclose(sorted(np.asarray(ds.X)[:, 0]), [1, 2, 3, 4, 5, 6])
+
+
+def test_boolean_outcome(tmp_path):
+    table = frame(STRING_LABELS).assign(bought=[True, False, True, True, False, False])
+    ds = hblogit.load_table(write(table, tmp_path, ".parquet"), "bought", "shop")
+    assert sorted(np.asarray(ds.y).tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_npz_with_2d_X_and_names(tmp_path):
+    path = tmp_path / "data.npz"
+    X = np.arange(12.0).reshape(6, 2)
+    np.savez(path, X=X, covariate_names=np.array(["age", "dose"]), y=[1, 0, 1, 0, 1, 0], g=np.array(STRING_LABELS))
+    ds = hblogit.load_table(path, "y", "g")
+    assert ds.covariate_names == ("age", "dose")
+    np.testing.assert_allclose(np.sort(np.asarray(ds.X)[:, 1]), X[:, 1])
+    ds = hblogit.load_table(path, "y", "g", covariates=["dose"])
+    assert ds.covariate_names == ("dose",)
+
+
+def bad_inputs(tmp_path):
+    """(description, path, load_table keyword arguments, words the message must contain)."""
+    good = write(frame(STRING_LABELS), tmp_path, ".csv")
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text("a\tb\n")
+
+    def csv(name, **changes):
+        return write(frame(STRING_LABELS).assign(**changes), tmp_path / name, ".csv")
+
+    for sub in ("nan_x", "nan_y", "nan_g", "y2", "ystr"):
+        (tmp_path / sub).mkdir()
+    return [
+        ("missing file", tmp_path / "nope.csv", {}, ["no such file", "nope.csv"]),
+        ("extension", tsv, {}, ["unsupported", ".tsv"]),
+        ("missing outcome", good, dict(outcome="y"), ["'y'", "bought", "x1"]),
+        ("missing group", good, dict(group="store"), ["'store'", "shop"]),
+        ("missing covariate", good, dict(covariates=["x1", "x9"]), ["'x9'", "x2"]),
+        ("non-numeric covariate", good, dict(covariates=["x1", "note"]), ["'note'", "not numeric"]),
+        ("NaN covariate", csv("nan_x", x1=[0.5, np.nan, 2, 0, 1, 1]), {}, ["'x1'", "NaN", "row 1"]),
+        ("NaN outcome", csv("nan_y", bought=[1, 0, np.nan, 1, 0, 0]), {}, ["'bought'", "NaN", "row 2"]),
+        ("NaN group", csv("nan_g", shop=["a", None, "b", "a", "b", "a"]), {}, ["'shop'", "NaN", "row 1"]),
+        ("outcome 2", csv("y2", bought=[1, 0, 2, 1, 0, 0]), {}, ["'bought'", "0/1", "2"]),
+        ("outcome text", csv("ystr", bought=["yes", "no"] * 3), {}, ["'bought'", "0/1"]),
+    ]
+
+
+def test_bad_inputs_raise_value_error_naming_the_problem(tmp_path):
+    for description, path, kwargs, words in bad_inputs(tmp_path):
+        kwargs = dict(dict(outcome="bought", group="shop"), **kwargs)
+        with pytest.raises(ValueError) as info:
+            hblogit.load_table(path, **kwargs)
+        message = str(info.value)
+        assert "\n" not in message, description
+        for word in words:
+            assert word in message, (description, message)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_load_data_from_preset_and_default():
+    loaded = load_data(parse(["--preset", "small"]))
+    assert loaded.truth is not None and loaded.dataset.num_groups == 1000
+    assert "small" in loaded.description and "N=20,000" in loaded.description
+    assert load_data(parse([]), default_preset="small").dataset.num_obs == 20_000
+
+
+def test_load_data_from_file(tmp_path):
+    path = write(frame(SPARSE_LABELS), tmp_path, ".parquet")
+    loaded = load_data(parse(["--data", str(path), "--outcome", "bought", "--group", "shop", "--covariates", "x2"]))
+    assert loaded.truth is None and loaded.dataset.covariate_names == ("x2",)
+    assert "data.parquet" in loaded.description
+
+
+def test_data_options_that_do_not_fit_together(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(["--preset", "small", "--data", "x.csv"])
+    with pytest.raises(ValueError, match="--data needs --group"):
+        load_data(parse(["--data", "x.csv", "--outcome", "y"]))
+    with pytest.raises(ValueError, match="--outcome applies only to --data"):
+        load_data(parse(["--outcome", "y"]))
+
+
+def test_cli_errors_prints_one_line_and_returns_2(tmp_path, capsys):
+    @cli_errors
+    def main(argv=None):
+        load_data(parse(argv))
+        return 0
+
+    assert main(["--data", str(tmp_path / "none.csv"), "--outcome", "y", "--group", "g"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no such file") and err.count("\n") == 1 and "Traceback" not in err
