@@ -140,7 +140,7 @@ def gradient_check(dataset: Dataset, num_points: int, seed: int, adam_steps: int
     error_rows, timing_rows = [], []
     for precision, tolerance in TOLERANCES.items():
         progress(f"{precision}: building both implementations and comparing")
-        data = with_precision(dataset, precision)
+        data = dataset.astype(precision)
         cast = [(label, jax.tree.map(lambda x: x.astype(precision), p)) for label, p in points]
         implementations = {"hblogit": hblogit_implementation(data), "PyMC": pymc_implementation(data, precision)}
         comparison = compare_at_points(implementations, cast)
@@ -202,18 +202,6 @@ def posterior_mode(dataset: Dataset, start: Params, steps: int, learning_rate: f
     return run(hblogit.make_logdensity(dataset), start)
 
 
-def with_precision(dataset: Dataset, precision: str) -> Dataset:
-    """The same (already sorted) rows with X in ``precision``."""
-    if dataset.X.dtype == precision:
-        return dataset
-    return Dataset(
-        np.asarray(dataset.X).astype(precision),
-        np.asarray(dataset.y).astype(np.int64),
-        np.asarray(dataset.group_idx),
-        num_groups=dataset.num_groups,
-    )
-
-
 class Implementation(NamedTuple):
     """``call(params)`` is what is timed; ``unpack(call's result) -> (value, {block: gradient})``."""
 
@@ -238,19 +226,15 @@ def pymc_implementation(dataset: Dataset, precision: str) -> Implementation:
 
     One compiled function returns ``model.logp()`` and ``model.dlogp()``: the graphs that
     ``compile_logp`` and ``compile_dlogp`` compile, evaluated together as a sampler would.
-
-    Under pytensor's default cast policy a Python float that float32 holds exactly (the prior
-    scales 1.5 and 0.5) becomes a float32 constant, so even a float64 model takes log(1.5) in
-    float32: an error of ~1e-8 in the value whatever the data, 1e-10 relative on small data.
-    The ``numpy+floatX`` policy makes every constant ``precision``, so float64 means float64.
+    The reference model's constants take the data's dtype, so float64 means float64 throughout.
     """
     import pytensor
 
     from reference.model import build_model, params_to_point, split_gradient
 
-    with pytensor.config.change_flags(floatX=precision, cast_policy="numpy+floatX"):
+    with pytensor.config.change_flags(floatX=precision):
         model = build_model(
-            np.asarray(dataset.X),
+            np.asarray(dataset.X, dtype=precision),
             np.asarray(dataset.y).astype(np.int64),
             np.asarray(dataset.group_idx),
             num_groups=dataset.num_groups,

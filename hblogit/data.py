@@ -120,6 +120,12 @@ class Dataset(eqx.Module):
         self.covariate_names = covariate_names
         self.group_labels = group_labels
 
+    def astype(self, dtype) -> "Dataset":
+        """The same sorted rows with ``X`` (and ``y``) in ``dtype``, labels and order kept."""
+        if self.X.dtype == dtype:
+            return self
+        return eqx.tree_at(lambda d: (d.X, d.y), self, (self.X.astype(dtype), self.y.astype(dtype)))
+
     @property
     def num_obs(self) -> int:
         return self.X.shape[0]

@@ -14,15 +14,15 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import results, runner
+from .cli import add_data_arguments, cli_errors, load_data
 from .data import Dataset
 from .model import make_logdensity
-from .samplers import get_sampler
+from .samplers import SAMPLERS, get_sampler
 
 PRECISIONS = ("mixed", "float32", "float64")
 
@@ -58,9 +58,7 @@ def _with_precision(dataset: Dataset, precision: str):
     if precision == "float32":
         return dataset, jnp.float32
     jax.config.update("jax_enable_x64", True)
-    if precision == "float64" and dataset.X.dtype != jnp.float64:
-        dataset = eqx.tree_at(lambda d: (d.X, d.y), dataset, (dataset.X.astype(jnp.float64), dataset.y.astype(jnp.float64)))
-    return dataset, jnp.float64
+    return (dataset.astype(jnp.float64) if precision == "float64" else dataset), jnp.float64
 
 
 def fit(
@@ -124,20 +122,18 @@ def run_record(idata) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_data_arguments
-
     parser = argparse.ArgumentParser(
         prog="python -m hblogit.fit",
         description="Fit the hierarchical logistic regression by MCMC and write posterior, summary and plots.",
     )
     add_data_arguments(parser)
-    parser.add_argument("--sampler", default="nuts", help="sampler name (default: nuts)")
+    parser.add_argument("--sampler", default="nuts", help=f"sampler name, one of: {', '.join(sorted(SAMPLERS))} (default: nuts)")
     parser.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="sampler option, repeatable")
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=1000)
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--thin", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chains", type=int, default=4, help="chains, run in parallel (default: 4)")
+    parser.add_argument("--warmup", type=int, default=1000, help="warm-up (adaptation) steps per chain (default: 1000)")
+    parser.add_argument("--draws", type=int, default=1000, help="kept draws per chain, after thinning (default: 1000)")
+    parser.add_argument("--thin", type=int, default=1, help="keep one draw every THIN steps (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--keep-groups", default="5", help="a count of groups to keep every draw of, or comma-separated group indices")
     parser.add_argument("--precision", choices=PRECISIONS, default="mixed", help="see README, Precision (default: mixed)")
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
@@ -166,35 +162,31 @@ def _parse_keep_groups(text: str):
         raise ValueError(f"--keep-groups takes a count or comma-separated group indices, got {text!r}") from None
 
 
+@cli_errors
 def main(argv=None) -> int:
-    from .cli import cli_errors, load_data
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with cli_errors():
-        if args.platform:
-            jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
-        on_gpu = jax.default_backend() == "gpu"
-        default_preset = "seed" if on_gpu else "small"
-        loaded = load_data(args, default_preset=default_preset)
-        print(loaded.description + ("" if args.data or args.preset else f" (no --preset: JAX sees {'a GPU' if on_gpu else 'no GPU'})"), flush=True)
-        options = parse_sampler_options(args.sampler_opt)
-        keep = _parse_keep_groups(args.keep_groups)
-        out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        idata = fit(
-            loaded.dataset,
-            sampler=args.sampler,
-            chains=args.chains,
-            warmup=args.warmup,
-            draws=args.draws,
-            seed=args.seed,
-            thin=args.thin,
-            keep_groups=keep,
-            sampler_options=options,
-            precision=args.precision,
-            progress=not args.no_progress,
-        )
-    write_outputs(idata, loaded.truth, out)
+    args = build_parser().parse_args(argv)
+    if args.platform:
+        jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
+    on_gpu = jax.default_backend() == "gpu"
+    loaded = load_data(args, default_preset="seed" if on_gpu else "small")
+    reason = ""
+    if not (args.data or args.preset):
+        reason = " -- chosen because JAX sees a GPU" if on_gpu else " -- chosen because JAX sees no GPU (--preset seed for the post's problem)"
+    print(loaded.description + reason, flush=True)
+    idata = fit(
+        loaded.dataset,
+        sampler=args.sampler,
+        chains=args.chains,
+        warmup=args.warmup,
+        draws=args.draws,
+        seed=args.seed,
+        thin=args.thin,
+        keep_groups=_parse_keep_groups(args.keep_groups),
+        sampler_options=parse_sampler_options(args.sampler_opt),
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
+    write_outputs(idata, loaded.truth, args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     return 0
 
 

@@ -354,8 +354,8 @@ def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None) -> RunRe
         warmup_sample_stats=_concat(warmup_stats)._asdict() if warmup_stats else {},
         group_mean={"alpha_group": moments.alpha_group_mean, "gamma_group": moments.gamma_group_mean},
         group_sd={
-            "alpha_group": np.sqrt(moments.alpha_group_m2 / (count - 1)),
-            "gamma_group": np.sqrt(moments.gamma_group_m2 / (count - 1)),
+            "alpha_group": np.sqrt(np.maximum(moments.alpha_group_m2, 0) / (count - 1)),
+            "gamma_group": np.sqrt(np.maximum(moments.gamma_group_m2, 0) / (count - 1)),
         },
         keep_groups=tuple(config.keep_groups),
         timings=timings,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine (Python 3.12, CUDA jax, numpyro, optax, equinox; no
+# network): installs the carried wheels without touching jax, then
+#   1. the log-density and gradient on the GPU against float64 on the CPU,
+#   2. bench_gradient.py at the post's size: hblogit vs PyMC's jaxified gradient, C = 1, 4, 8,
+#   3. python -m hblogit.fit --preset seed, 4 chains.
+# Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
+# --smoke runs every step on the CPU at a small size, to check the script before GPU time.
+# Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Outputs go to $OUT
+# (default experiments/gpu_out).
+set -euo pipefail
+PY=${PYTHON:-python3}
+OUT=${OUT:-experiments/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+if [ "${1:-}" = "--smoke" ]; then
+    PLATFORM=cpu SMOKE=--smoke FIT=(--preset small --warmup 100 --draws 100)
+else
+    PLATFORM=gpu SMOKE= FIT=(--preset seed --warmup ${WARMUP:-1000} --draws ${DRAWS:-1000})
+fi
+
+if ! "$PY" -c "import blackjax, arviz, pymc" 2>/dev/null; then
+    echo "== installing carried wheels (no dependencies, so jax stays as it is)"
+    "$PY" -m pip install --quiet --no-deps --no-index wheels/*.whl
+fi
+"$PY" -c "import jax, blackjax, pymc, arviz; print('jax', jax.__version__, jax.devices(), '| blackjax', blackjax.__version__, '| pymc', pymc.__version__, '| arviz', arviz.__version__)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+echo "== 1. agreement with float64"
+JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu) "$PY" experiments/gpu_agreement.py $SMOKE | tee "$OUT/agreement.md"
+
+echo "== 2. gradient benchmark"
+"$PY" experiments/bench_gradient.py --platform "$PLATFORM" $SMOKE | tee "$OUT/bench_c1.md"
+for C in 4 8; do
+    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE | tee "$OUT/bench_c$C.md"
+done
+
+echo "== 3. the seed fit"
+# the progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how far it got
+timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" --chains 4 --platform "$PLATFORM" --out "$OUT/fit" \
+    2>"$OUT/fit_progress.txt" | tee "$OUT/fit.txt"
+tail -c 600 "$OUT/fit_progress.txt"
