@@ -162,7 +162,8 @@ def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumula
 
     The sums over covariates and over rows are unrolled into elementwise terms (see
     ``hblogit.layout``). The barriers keep XLA from fusing eta into each of its consumers,
-    and the residuals into the sum T, which would recompute them once per term.
+    the residuals into the sum T (recomputed once per term), and the sums into the
+    gather to groups (which would compute them piece by piece, in gather order).
     """
     num_covariates, width, _ = block.X.shape
     piece_slopes = slopes.at[block.owner].get(**_SORTED_GATHER).T
@@ -175,6 +176,7 @@ def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumula
     log_p, residual = jax.lax.optimization_barrier((log_p, residual))
     S = sum(residual[m] for m in range(width))
     T = sum(residual[m] * block.X[:, m] for m in range(width))
+    S, T = jax.lax.optimization_barrier((S, T))
     return jnp.sum(log_p, dtype=accumulate), S.astype(accumulate), T.T.astype(accumulate)
 
 
