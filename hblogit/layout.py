@@ -78,7 +78,7 @@ def block_widths(piece_sizes: np.ndarray, max_blocks: int) -> np.ndarray:
     return np.array(sorted(widths))
 
 
-def block_dataset(dataset: Dataset, *, max_blocks: int = 4, max_width: int = 32) -> BlockedDataset:
+def block_dataset(dataset: Dataset, *, max_blocks: int = 6, max_width: int = 32) -> BlockedDataset:
     """Lay ``dataset`` out in blocks, on the host; values are copied exactly."""
     X = np.asarray(dataset.X)
     sign = 1 - 2 * np.asarray(dataset.y)
