@@ -3,7 +3,9 @@
     logit p_i = alpha + sigma_alpha z_alpha[g_i] + x_i . (beta + sigma_gamma * z_gamma[g_i])
 
 ``logdensity(params, dataset)`` equals PyMC's ``model.compile_logp()`` at the same point,
-normalising constants and the log-Jacobians of both log transforms included.
+normalising constants and the log-Jacobians of both log transforms included. It takes the
+data in either layout: a Dataset (segment sums over sorted rows) or a BlockedDataset
+(``hblogit.layout``, dense blocks, faster on a CPU); ``make_logdensity`` chooses.
 
 Precision follows the arguments: per-row work runs in the data's dtype (``dataset.X``), and
 every reduction over rows or groups, the value, and the gradient run in the parameters'
@@ -192,7 +194,8 @@ def _pieces_to_groups(per_piece: jax.Array, data: BlockedDataset) -> jax.Array:
 
 
 def _blocked_value_and_grad(params: Params, data: BlockedDataset) -> tuple[jax.Array, Params]:
-    """Value and gradient over the blocked layout: no per-row gather, no scatter."""
+    """Value and gradient over the blocked layout: no per-row gather, and no scatter but
+    for the extra pieces of groups longer than the widest block."""
     accumulate = _accumulate_dtype(params)
     intercepts, slopes = _group_coefficients(params, data.blocks[0].X.dtype)
     values, S, T = zip(*(_block_sums(block, intercepts, slopes, accumulate) for block in data.blocks))
