@@ -1,13 +1,23 @@
 """Time one log-density value-and-gradient at the post's size, hblogit against PyMC.
 
-    python experiments/bench_gradient.py [--platform cpu|gpu] [--chains C] [--repeats R]
+    python experiments/bench_gradient.py [--platform cpu|gpu] [--chains C] [--repeats R] [--skip-pymc]
 
 Contenders, in one process, on the same data and at the same float32 point:
-  hblogit          jax.jit(jax.value_and_grad(logdensity)), vmapped over C chains when C > 1
+  hblogit (L)      jax.jit(jax.value_and_grad(make_logdensity(dataset, layout=L))), vmapped over
+                   C chains when C > 1; the layout "auto" picks is listed first, the other second
   pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU number
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
+PyMC evaluates one chain; the "per chain" column divides by the chains each call evaluates.
 
-Prints a markdown table of medians and each contender's time over hblogit's.
+Timing: three rounds, each timing every contender for R back-to-back calls (see
+interleaved_medians); medians over all rounds are reported.
+
+"Floor" is the fraction of the memory-bandwidth floor reached: the bytes any evaluation must
+move, divided by the bandwidth measured here (a large array copy, reported in the header),
+over the median time. The bytes counted are X and y read once (shared by all chains), and per
+chain the parameters read once and the gradient written once:
+    4 N (K + 1) + 2 C P b        (float32 data; P parameters of b bytes each)
+The blocked layout in fact reads X about twice, padded by ~17%, so its own ceiling is near 0.4.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-groups", type=int, default=100_000)
     parser.add_argument("--num-covariates", type=int, default=20)
     parser.add_argument("--chains", type=int, default=1, help="chains evaluated at once (vmap) by hblogit")
-    parser.add_argument("--repeats", type=int, default=10, help="timed evaluations per contender")
+    parser.add_argument("--repeats", type=int, default=10, help="timed evaluations per contender and round")
     parser.add_argument("--skip-pymc", action="store_true", help="time hblogit alone (no PyMC installed)")
     parser.add_argument("--smoke", action="store_true", help="a tiny size, to check the script runs")
     args = parser.parse_args(argv)
@@ -36,15 +46,40 @@ def parse_args(argv=None):
     return args
 
 
-def median_seconds(fn, repeats):
-    """Median wall time of fn() after one untimed call (compilation, caches)."""
+def first_call_seconds(fn):
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns, repeats, rounds=3):
+    """Median wall time of each fn over ``rounds`` rounds of ``repeats`` back-to-back calls.
+
+    Back to back, as a sampler calls its gradient, so each contender runs with its own data
+    in cache (after one untimed call per round); the rounds alternate contenders so that
+    load from other processes falls on all of them alike.
+    """
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, record in zip(fns, times):
+            fn()
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                record.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def copy_bandwidth(jax, repeats, num_bytes=512 * 2**20):
+    """Bytes per second of y = 2 x over a float32 array of ``num_bytes`` (read + write)."""
+    x = jax.numpy.ones(num_bytes // 4, jax.numpy.float32)
+    double = jax.jit(lambda x: 2 * x)
+    (seconds,) = interleaved_medians([lambda: jax.block_until_ready(double(x))], repeats, rounds=1)
+    return 2 * num_bytes / seconds
+
+
+def floor_bytes(args, num_params, param_bytes):
+    return 4 * args.num_obs * (args.num_covariates + 1) + 2 * args.chains * num_params * param_bytes
 
 
 def main(argv=None):
@@ -56,40 +91,49 @@ def main(argv=None):
     import numpy as np
 
     import hblogit
+    from hblogit.model import choose_layout
 
     sim = hblogit.simulate(args.num_obs, args.num_groups, args.num_covariates, seed=827)
     dataset = sim.dataset()
     point = hblogit.init_params(jax.random.key(0), dataset, radius=0.5, dtype=jnp.float32)
-    logdensity = hblogit.make_logdensity(dataset)
-    value_and_grad = jax.jit(jax.value_and_grad(logdensity))
+    single_point = point
     if args.chains > 1:
         point = jax.tree.map(lambda x: jnp.broadcast_to(x, (args.chains, *x.shape)), point)
-        value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(logdensity)))
 
     def block(result):
         return jax.block_until_ready(result)
 
-    rows = []
-    start = time.perf_counter()
-    block(value_and_grad(point))
-    compile_s = time.perf_counter() - start
-    rows.append(("hblogit", median_seconds(lambda: block(value_and_grad(point)), args.repeats), compile_s))
-
+    contenders = []  # (name, chains per call, fn)
+    auto = choose_layout(dataset)
+    for layout in (auto, *({"blocked", "segment"} - {auto})):
+        value_and_grad = jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout))
+        value_and_grad = jax.jit(jax.vmap(value_and_grad) if args.chains > 1 else value_and_grad)
+        contenders.append((f"hblogit ({layout})", args.chains, lambda f=value_and_grad: block(f(point))))
     if not args.skip_pymc:
-        rows += time_pymc(sim, jax.tree.map(lambda x: np.asarray(x[0] if args.chains > 1 else x), point), args.repeats, block)
+        contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block)
+
+    first = [first_call_seconds(fn) for _, _, fn in contenders]
+    medians = interleaved_medians([fn for _, _, fn in contenders], args.repeats)
+    bandwidth = copy_bandwidth(jax, args.repeats)
+    floor_s = floor_bytes(args, dataset.num_params, 4) / bandwidth
 
     device = jax.devices()[0]
-    print(f"# value-and-gradient, N={args.num_obs:,} G={args.num_groups:,} K={args.num_covariates}, float32, chains={args.chains}")
+    print(f"# value-and-gradient, N={args.num_obs:,} G={args.num_groups:,} K={args.num_covariates}, float32, "
+          f"chains={args.chains}, 3 rounds of {args.repeats} repeats")
     print(f"# device: {device.platform} ({device.device_kind}); host: {platform.node()} {os.cpu_count()} cores; "
           f"jax {jax.__version__}, python {sys.version.split()[0]}")
-    print("| contender | median (ms) | first call incl. compile (s) | time / hblogit |")
-    print("| --- | ---: | ---: | ---: |")
-    base = rows[0][1]
-    for name, seconds, first in rows:
-        print(f"| {name} | {seconds * 1e3:.2f} | {first:.2f} | {seconds / base:.2f} |")
+    print(f"# copy bandwidth {bandwidth / 1e9:.1f} GB/s; floor {floor_bytes(args, dataset.num_params, 4) / 1e6:.0f} MB "
+          f"= {floor_s * 1e3:.1f} ms")
+    print("| contender | median (ms) | per chain (ms) | first call incl. compile (s) | time / hblogit | floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base = medians[0] / args.chains
+    for (name, chains, _), seconds, first_s in zip(contenders, medians, first):
+        per_chain = seconds / chains
+        fraction = f"{floor_s / seconds:.2f}" if chains == args.chains else "-"
+        print(f"| {name} | {seconds * 1e3:.2f} | {per_chain * 1e3:.2f} | {first_s:.2f} | {per_chain / base:.2f} | {fraction} |")
 
 
-def time_pymc(sim, point, repeats, block):
+def pymc_contenders(sim, point, block):
     import jax
     import pytensor
 
@@ -100,20 +144,13 @@ def time_pymc(sim, point, repeats, block):
 
     model = build_model(sim.X, sim.y, sim.group_idx, num_groups=sim.truth.alpha_group.shape[0])
     pymc_point = params_to_point(point, dtype="float32")
-    rows = []
-    start = time.perf_counter()
     dlogp = model.compile_dlogp()
-    dlogp(pymc_point)
-    first = time.perf_counter() - start
-    rows.append(("pymc-dlogp (PyTensor)", median_seconds(lambda: dlogp(pymc_point), repeats), first))
-
     values = [jax.numpy.asarray(pymc_point[v.name]) for v in model.value_vars]
     jax_value_and_grad = jax.jit(jax.value_and_grad(get_jaxified_logp(model)))
-    start = time.perf_counter()
-    block(jax_value_and_grad(values))
-    first = time.perf_counter() - start
-    rows.append(("pymc-jax (jaxified logp)", median_seconds(lambda: block(jax_value_and_grad(values)), repeats), first))
-    return rows
+    return [
+        ("pymc-dlogp (PyTensor)", 1, lambda: dlogp(pymc_point)),
+        ("pymc-jax (jaxified logp)", 1, lambda: block(jax_value_and_grad(values))),
+    ]
 
 
 if __name__ == "__main__":
