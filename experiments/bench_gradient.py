@@ -5,7 +5,11 @@
 Contenders, in one process, on the same data and at the same float32 point:
   hblogit (L)      jax.jit(jax.value_and_grad(make_logdensity(dataset, layout=L))), vmapped over
                    C chains when C > 1; the layout "auto" picks is listed first, the other second
-  pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU number
+  leapfrog         one BlackJAX velocity-Verlet step (diagonal metric) with the auto layout:
+                   the gradient plus the sampler's own vector work, timed over a scan of
+                   LEAPFROG_STEPS steps; its "per chain" column is per chain and step
+  pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU
+                   number; CPU runs only (it never uses the accelerator)
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
 PyMC evaluates one chain; the "per chain" column divides by the chains each call evaluates.
 
@@ -109,8 +113,15 @@ def main(argv=None):
         value_and_grad = jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout))
         value_and_grad = jax.jit(jax.vmap(value_and_grad) if args.chains > 1 else value_and_grad)
         contenders.append((f"hblogit ({layout})", args.chains, lambda f=value_and_grad: block(f(point))))
+    logdensity = hblogit.make_logdensity(dataset)
+    trajectory = jax.jit(leapfrog_trajectory(logdensity, dataset.num_params))
+    trajectory = jax.jit(jax.vmap(trajectory)) if args.chains > 1 else trajectory
+    contenders.append(
+        (f"{LEAPFROG_STEPS} leapfrog steps ({auto})", args.chains * LEAPFROG_STEPS, lambda: block(trajectory(point)))
+    )
     if not args.skip_pymc:
-        contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block)
+        pytensor = jax.default_backend() == "cpu"
+        contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, pytensor)
 
     first = [first_call_seconds(fn) for _, _, fn in contenders]
     medians = interleaved_medians([fn for _, _, fn in contenders], args.repeats)
@@ -133,7 +144,28 @@ def main(argv=None):
         print(f"| {name} | {seconds * 1e3:.2f} | {per_chain * 1e3:.2f} | {first_s:.2f} | {per_chain / base:.2f} | {fraction} |")
 
 
-def pymc_contenders(sim, point, block):
+LEAPFROG_STEPS = 20
+
+
+def leapfrog_trajectory(logdensity, num_params):
+    """position -> log-density after LEAPFROG_STEPS velocity-Verlet steps, as NUTS takes them."""
+    import jax
+    import jax.numpy as jnp
+    from blackjax.mcmc import integrators, metrics
+
+    metric = metrics.default_metric(jnp.ones(num_params, jnp.float32))
+    step = integrators.velocity_verlet(logdensity, metric.kinetic_energy)
+
+    def trajectory(position):
+        value, grad = jax.value_and_grad(logdensity)(position)
+        state = integrators.IntegratorState(position, jax.tree.map(jnp.zeros_like, position), value, grad)
+        state = jax.lax.fori_loop(0, LEAPFROG_STEPS, lambda _, s: step(s, jnp.float32(1e-3)), state)
+        return state.logdensity
+
+    return trajectory
+
+
+def pymc_contenders(sim, point, block, pytensor: bool):
     import jax
     import pytensor
 
@@ -144,13 +176,13 @@ def pymc_contenders(sim, point, block):
 
     model = build_model(sim.X, sim.y, sim.group_idx, num_groups=sim.truth.alpha_group.shape[0])
     pymc_point = params_to_point(point, dtype="float32")
-    dlogp = model.compile_dlogp()
     values = [jax.numpy.asarray(pymc_point[v.name]) for v in model.value_vars]
     jax_value_and_grad = jax.jit(jax.value_and_grad(get_jaxified_logp(model)))
-    return [
-        ("pymc-dlogp (PyTensor)", 1, lambda: dlogp(pymc_point)),
-        ("pymc-jax (jaxified logp)", 1, lambda: block(jax_value_and_grad(values))),
-    ]
+    contenders = [("pymc-jax (jaxified logp)", 1, lambda: block(jax_value_and_grad(values)))]
+    if pytensor:
+        dlogp = model.compile_dlogp()
+        contenders.insert(0, ("pymc-dlogp (PyTensor)", 1, lambda: dlogp(pymc_point)))
+    return contenders
 
 
 if __name__ == "__main__":
