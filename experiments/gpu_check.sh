@@ -6,8 +6,8 @@
 #   3. python -m hblogit.fit --preset seed, 4 chains.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time.
-# Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Outputs go to $OUT
-# (default experiments/gpu_out).
+# Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
+# the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
 set -euo pipefail
 PY=${PYTHON:-python3}
 OUT=${OUT:-experiments/gpu_out}
@@ -28,16 +28,20 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 echo "== 1. agreement with float64"
-JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu) "$PY" experiments/gpu_agreement.py $SMOKE | tee "$OUT/agreement.md"
+JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu) "$PY" experiments/gpu_agreement.py $SMOKE
 
 echo "== 2. gradient benchmark"
-"$PY" experiments/bench_gradient.py --platform "$PLATFORM" $SMOKE | tee "$OUT/bench_c1.md"
+"$PY" experiments/bench_gradient.py --platform "$PLATFORM" $SMOKE
 for C in 4 8; do
-    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE | tee "$OUT/bench_c$C.md"
+    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE
 done
 
 echo "== 3. the seed fit"
-# the progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how far it got
-timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" --chains 4 --platform "$PLATFORM" --out "$OUT/fit" \
-    2>"$OUT/fit_progress.txt" | tee "$OUT/fit.txt"
-tail -c 600 "$OUT/fit_progress.txt"
+# The progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how
+# far it got; the run's own folder stays outside $OUT (posterior.nc can be large), and its
+# small files are copied in.
+RUN=${RUN:-/tmp/hblogit_seed_fit}
+timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" --chains 4 --platform "$PLATFORM" --out "$RUN" \
+    2>"$OUT/fit_progress.txt" || echo "fit exited with status $?"
+tail -c 600 "$OUT/fit_progress.txt"; echo
+cp "$RUN"/summary.csv "$RUN"/run.json "$RUN"/recovery.png "$RUN"/trace.png "$OUT"/ 2>/dev/null || true

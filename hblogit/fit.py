@@ -200,6 +200,7 @@ def write_outputs(idata, truth, out: Path) -> None:
     total_s = sum(record["timings"].values())
     record.update(
         gradient_evaluations=verdict.gradient_evaluations,
+        warmup_gradient_evaluations=verdict.warmup_gradient_evaluations,
         divergences=verdict.divergences,
         min_ess_bulk=verdict.min_ess_bulk,
         min_ess_tail=verdict.min_ess_tail,
@@ -223,7 +224,8 @@ def write_outputs(idata, truth, out: Path) -> None:
     print(
         f"\nwall {total_s:.1f} s (compile {timings['compile_warmup_s'] + timings['compile_sampling_s']:.1f}, "
         f"warm-up {timings['warmup_s']:.1f}, sampling {sampling_s:.1f}); "
-        f"{verdict.gradient_evaluations:,} gradients; min bulk ESS {verdict.min_ess_bulk:.0f} "
+        f"gradients {verdict.warmup_gradient_evaluations:,} warm-up + {verdict.gradient_evaluations:,} sampling; "
+        f"min bulk ESS {verdict.min_ess_bulk:.0f} "
         f"({record['min_ess_per_second_total']:.2f}/s of wall time)"
     )
     print(results.format_verdict(verdict))

@@ -74,7 +74,8 @@ class Verdict(NamedTuple):
     min_ess_tail: float
     max_r_hat: float
     divergences: int
-    gradient_evaluations: int
+    gradient_evaluations: int  # sampling
+    warmup_gradient_evaluations: int
 
     @property
     def ok(self) -> bool:
@@ -110,6 +111,7 @@ def diagnose(idata, table) -> Verdict:
         max_r_hat,
         divergences,
         int(stats["n_steps"].sum()),
+        int(idata["warmup_sample_stats"]["n_steps"].sum()) if "warmup_sample_stats" in idata.children else 0,
     )
 
 
