@@ -2,8 +2,9 @@
 
 Sampler-agnostic: it drives any ``hblogit.samplers`` sampler through the same loop. Each
 phase (warm-up, sampling) is one compiled program that runs a chunk of steps inside a
-``lax.fori_loop``; Python drives the chunks, which gives the progress bar and a seam for
-checkpoints. Chunk lengths are traced, so a short last chunk does not compile again.
+``lax.fori_loop``; Python drives the chunks, which gives the progress bar and checkpoints:
+between chunks the run is a ``Snapshot``, which ``checkpoint`` writes and reads back.
+Chunk lengths are traced, so a short last chunk does not compile again.
 
 Memory is part of the design: at 2.1M parameters one draw is 8.4 MB per chain. Per draw
 the runner keeps only the global parameters, the group effects of ``keep_groups``, and the
