@@ -7,6 +7,7 @@ Note: ``hblogit.fit`` (the package attribute) is the function, bound in ``__init
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import platform
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import results, runner
+from . import checkpoint, results, runner
 from .cli import add_data_arguments, cli_errors, load_data
 from .data import Dataset
 from .model import make_logdensity
@@ -76,6 +77,10 @@ def fit(
     chunk_size: int = 50,
     init_steps: int = 200,
     progress: bool = True,
+    checkpoint_dir=None,
+    checkpoint_every: int | None = None,
+    resume=None,
+    on_checkpoint=None,
 ):
     """Sample the posterior; returns an ArviZ DataTree.
 
@@ -87,10 +92,21 @@ def fit(
     ``precision``: "mixed" (default) keeps the data float32 and runs the parameters, the
     energies and every reduction in float64, which switches on JAX's x64 mode; "float32"
     runs everything in float32; "float64" everything in float64.
+
+    Checkpoints: with ``checkpoint_dir`` (default: ``resume``'s directory, else none), the
+    run writes a checkpoint there every ``checkpoint_every`` steps (warm-up steps and draws
+    counted alike; default None: after the chunk that crosses 60 s since the last) and at
+    the end, and calls ``on_checkpoint(directory)`` after each. ``resume`` (a checkpoint
+    directory) goes on from its checkpoint, to the same draws as a run never stopped; it
+    raises ``ValueError`` if the checkpoint was written for other data or another config.
     """
-    for name, value, low in (("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)):
+    integers = [("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)]
+    if checkpoint_every is not None:
+        integers.append(("checkpoint_every", checkpoint_every, 1))
+    for name, value, low in integers:
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    digest = checkpoint.data_digest(dataset) if (checkpoint_dir or resume) else None
     dataset, dtype = _with_precision(dataset, precision)
     kernel = get_sampler(sampler, **(sampler_options or {}))
     config = runner.RunConfig(
@@ -103,11 +119,21 @@ def fit(
         chunk_size=chunk_size,
         init_steps=init_steps,
         progress=progress,
+        checkpoint_every=checkpoint_every,
     )
-    result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype)
+    identity = {**config.identity(), "sampler": sampler, "sampler_options": _resolved_options(kernel), "precision": precision}
+    checkpoints = None
+    if digest is not None:
+        checkpoints = runner.Checkpoints(
+            directory=Path(checkpoint_dir or resume),
+            identity={"config": identity, "data_digest": digest, "versions": _versions()},
+            resume_from=Path(resume) if resume else None,
+            on_checkpoint=on_checkpoint,
+        )
+    result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype, checkpoints=checkpoints)
     device = jax.devices()[0]
     record = {
-        "config": {**config._asdict(), "sampler": sampler, "sampler_options": sampler_options or {}, "precision": precision},
+        "config": {**config._asdict(), **identity},
         "data": {"num_obs": dataset.num_obs, "num_groups": dataset.num_groups, "num_covariates": dataset.num_covariates},
         "versions": _versions(),
         "device": f"{device.platform}: {device.device_kind}",
@@ -115,6 +141,12 @@ def fit(
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return results.to_datatree(result, dataset, record)
+
+
+def _resolved_options(kernel) -> dict:
+    """Every option of the sampler, defaults included, so that options left out and options
+    given at their defaults name the same run."""
+    return {f.name: getattr(kernel, f.name) for f in dataclasses.fields(kernel) if f.name != "name"}
 
 
 def run_record(idata) -> dict:
@@ -139,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options = parser.add_argument_group("checkpoints")
+    options.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint, or the --resume directory)")
+    options.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="write a checkpoint every STEPS steps (warm-up steps and draws) (default: after the chunk that crosses 60 s since the last)",
+    )
+    options.add_argument("--resume", type=Path, default=None, metavar="DIR", help="go on from the checkpoint in DIR (same data and options)")
     return parser
 
 
@@ -163,7 +205,9 @@ def _parse_keep_groups(text: str):
 
 
 @cli_errors
-def main(argv=None) -> int:
+def main(argv=None, *, on_checkpoint=None) -> int:
+    """The CLI; ``on_checkpoint(directory)`` is called after every checkpoint write (the
+    Modal app commits its volume there)."""
     args = build_parser().parse_args(argv)
     if args.platform:
         jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
@@ -173,6 +217,7 @@ def main(argv=None) -> int:
     if not (args.data or args.preset):
         reason = " -- chosen because JAX sees a GPU" if on_gpu else " -- chosen because JAX sees no GPU (--preset seed for the post's problem)"
     print(loaded.description + reason, flush=True)
+    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     idata = fit(
         loaded.dataset,
         sampler=args.sampler,
@@ -185,8 +230,12 @@ def main(argv=None) -> int:
         sampler_options=parse_sampler_options(args.sampler_opt),
         precision=args.precision,
         progress=not args.no_progress,
+        checkpoint_dir=args.checkpoint_dir or (args.resume or out / "checkpoint"),
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        on_checkpoint=on_checkpoint,
     )
-    write_outputs(idata, loaded.truth, args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    write_outputs(idata, loaded.truth, out)
     return 0
 
 

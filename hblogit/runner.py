@@ -2,8 +2,9 @@
 
 Sampler-agnostic: it drives any ``hblogit.samplers`` sampler through the same loop. Each
 phase (warm-up, sampling) is one compiled program that runs a chunk of steps inside a
-``lax.fori_loop``; Python drives the chunks, which gives the progress bar and a seam for
-checkpoints. Chunk lengths are traced, so a short last chunk does not compile again.
+``lax.fori_loop``; Python drives the chunks, which gives the progress bar and checkpoints:
+between chunks the run is a ``Snapshot``, which ``checkpoint`` writes and reads back.
+Chunk lengths are traced, so a short last chunk does not compile again.
 
 Memory is part of the design: at 2.1M parameters one draw is 8.4 MB per chain. Per draw
 the runner keeps only the global parameters, the group effects of ``keep_groups``, and the
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, NamedTuple, Sequence
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ import optax
 
 from jax.flatten_util import ravel_pytree
 
+from . import checkpoint
 from .model import Constrained, Params, constrain, fisher_diagonal, init_params, log_likelihood, log_prior
 from .samplers.base import Sampler, StepStats
 
@@ -38,6 +41,14 @@ class RunConfig(NamedTuple):
     init_steps: int = 200
     init_learning_rate: float = 0.05
     progress: bool = True
+    checkpoint_every: int | None = None  # steps (warm-up steps and draws); None: ~CHECKPOINT_SECONDS
+
+    def identity(self) -> dict:
+        """The fields that decide the draws. The others decide only how the run is driven:
+        ``chunk_size`` (chunks change no random number, see ``run``), ``progress`` and
+        ``checkpoint_every``."""
+        driving = ("chunk_size", "progress", "checkpoint_every")
+        return {name: value for name, value in self._asdict().items() if name not in driving}
 
 
 class GroupMoments(NamedTuple):
@@ -258,48 +269,104 @@ def compiled(jitted, *args):
     return _EXECUTABLES[key]
 
 
-def _chunks(total: int, size: int):
-    for start in range(0, total, size):
-        yield start, min(size, total - start)
+def _chunks(total: int, size: int, start: int = 0):
+    """(start, length) of the chunks from ``start``: a resumed phase goes on at a chunk boundary."""
+    for chunk_start in range(start, total, size):
+        yield chunk_start, min(size, total - chunk_start)
+
+
+class RunKeys(NamedTuple):
+    """The base keys of a run; step t of a phase uses ``fold_in(phase key, t)``."""
+
+    init: jax.Array
+    warmup: jax.Array
+    sample: jax.Array
+
+
+def run_keys(seed: int) -> RunKeys:
+    return RunKeys(*jax.random.split(jax.random.key(seed), 3))
+
+
+class Snapshot(NamedTuple):
+    """Where a run stands after a chunk: all a checkpoint holds, and all a resume needs."""
+
+    phase: str  # "warmup" or "sampling"
+    step: int  # steps of warm-up, or draws, done in this phase: a chunk boundary
+    keys: RunKeys
+    state: Any  # the sampler's warm-up state in "warmup", its tuned state in "sampling"
+    moments: GroupMoments | None  # None in "warmup"
+    warmup_stats: dict[str, np.ndarray]  # name -> (chain, step) so far
+    sample_stats: dict[str, np.ndarray]  # name -> (chain, draw) so far
+    draws: dict[str, np.ndarray]  # Kept's names -> (chain, draw, ...) so far
+    timings: dict[str, float]
+
+    def steps_done(self, config: RunConfig) -> int:
+        """Progress over the whole run: warm-up steps, then draws."""
+        return self.step + (config.warmup if self.phase == "sampling" else 0)
+
+
+TABLES = ("warmup_stats", "sample_stats", "draws")
+CHECKPOINT_SECONDS = 60.0
+
+
+class Checkpoints(NamedTuple):
+    """Where the runner writes checkpoints, what identifies the run in them, where it resumes from.
+
+    ``identity`` (the config that decides the draws, the data digest, versions) goes into
+    every manifest; a resume is refused unless it matches. ``on_checkpoint(directory)`` is
+    called after each write (e.g. to commit a cloud volume).
+    """
+
+    directory: Path
+    identity: dict
+    resume_from: Path | None = None
+    on_checkpoint: Callable[[Path], None] | None = None
+
+
+def _add_time(snapshot: Snapshot, name: str, seconds: float) -> Snapshot:
+    return snapshot._replace(timings={**snapshot.timings, name: snapshot.timings.get(name, 0.0) + seconds})
+
+
+def _append(table: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns of ``part`` (chain, length, ...) appended along the step axis."""
+    return {name: np.concatenate([table[name], value], axis=1) if name in table else value for name, value in part.items()}
 
 
 class _Progress:
     """A tqdm bar over all steps, showing phase, step size, divergences and gradients."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, config: RunConfig, snapshot: Snapshot):
         self.bar = None
-        if enabled:
+        if config.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        self.divergences = 0
-        self.gradients = 0
+            self.bar = tqdm(total=config.warmup + config.draws, initial=snapshot.steps_done(config), unit="step", dynamic_ncols=True)
+        done = [t for t in (snapshot.warmup_stats, snapshot.sample_stats) if t]
+        self.divergences = sum(int(np.sum(t["diverging"])) for t in done)
+        self.gradients = sum(int(np.sum(t["n_steps"])) for t in done)
 
-    def update(self, phase: str, stats: StepStats, length: int):
-        self.divergences += int(np.sum(stats.diverging[:length]))
-        self.gradients += int(np.sum(stats.n_steps[:length]))
+    def update(self, phase: str, stats: dict[str, np.ndarray]):
+        """``stats``: one chunk's columns, (chain, length)."""
+        self.divergences += int(np.sum(stats["diverging"]))
+        self.gradients += int(np.sum(stats["n_steps"]))
         if self.bar is not None:
             self.bar.set_description(phase)
             self.bar.set_postfix(
-                step_size=f"{float(np.median(stats.step_size[length - 1])):.3g}",
+                step_size=f"{float(np.median(stats['step_size'][:, -1])):.3g}",
                 divergences=self.divergences,
                 gradients=f"{self.gradients:,}",
                 refresh=False,
             )
-            self.bar.update(length)
+            self.bar.update(stats["step_size"].shape[1])
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
 
 
-def _to_numpy(tree, length):
-    """Chunk buffers (chunk, chains, ...) -> numpy (chains, length, ...)."""
-    return jax.tree.map(lambda x: np.moveaxis(np.asarray(x[:length]), 0, 1), tree)
-
-
-def _concat(parts: Sequence, axis=1):
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=axis), *parts)
+def _to_numpy(tree, length) -> dict[str, np.ndarray]:
+    """Chunk buffers (chunk, chains, ...) -> columns (chains, length, ...), by field name."""
+    return jax.tree.map(lambda x: np.moveaxis(np.asarray(x[:length]), 0, 1), jax.device_get(tree))._asdict()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -312,68 +379,155 @@ def _finish_warmup(sampler, state):
     return sampler.finish_warmup(state)
 
 
-def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None) -> RunResult:
-    """Starting points, warm-up, draws. ``dtype`` is the parameters' (float64 in mixed mode)."""
-    dtype = dtype or jnp.result_type(float)
-    key_init, key_warmup, key_sample = jax.random.split(jax.random.key(config.seed), 3)
+def _start(sampler, logdensity, config: RunConfig, dtype) -> Snapshot:
+    """A fresh run: keys from the seed, starting points, the sampler's warm-up state."""
+    start = time.perf_counter()
+    keys = run_keys(config.seed)
+    first = starting_points(keys.init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
+    state = jax.block_until_ready(_init(sampler, first.positions, logdensity, config.warmup, first.inverse_mass_matrix))
+    return Snapshot("warmup", 0, keys, state, None, {}, {}, {}, {"initialisation_s": time.perf_counter() - start})
+
+
+def _template(sampler, logdensity, config: RunConfig, dtype, phase: str):
+    """Shapes and structure of (keys, state, moments) in ``phase``, traced, never computed:
+    what a checkpoint's leaves are rebuilt into."""
+
+    def build(key):
+        positions = jax.vmap(lambda k: init_params(k, logdensity.dataset, dtype=dtype))(jax.random.split(key, config.chains))
+        inverse_mass_matrix = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
+        state = _init(sampler, positions, logdensity, config.warmup, inverse_mass_matrix)
+        if phase == "warmup":
+            return run_keys(config.seed), state, None
+        return run_keys(config.seed), _finish_warmup(sampler, state), _moments_init(positions)
+
+    return jax.eval_shape(build, jax.random.key(0))
+
+
+def _resume(sampler, logdensity, config: RunConfig, dtype, checkpoints: Checkpoints) -> Snapshot:
+    directory = checkpoints.resume_from
+    manifest = checkpoint.read_manifest(directory)
+    checkpoint.check_same_run(manifest, checkpoints.identity, directory)
+    template = _template(sampler, logdensity, config, dtype, manifest["phase"])
+    (keys, state, moments), tables = checkpoint.load(directory, manifest, template)
+    tables = {name: tables.get(name, {}) for name in TABLES}
+    return Snapshot(manifest["phase"], manifest["step"], keys, state, moments, **tables, timings=manifest["timings"])
+
+
+def _checkpointer(checkpoints: Checkpoints | None, config: RunConfig, snapshot: Snapshot):
+    """``save(snapshot, force=False) -> snapshot``: writes a checkpoint when one is due, every
+    ``config.checkpoint_every`` steps, or (None) after the chunk that crosses CHECKPOINT_SECONDS
+    since the last; with ``force``, whenever the run moved since the last. The write's time
+    is added to the timings as checkpoint_s."""
+    last = {"steps": snapshot.steps_done(config), "time": time.monotonic()}
+
+    def save(snapshot: Snapshot, force: bool = False) -> Snapshot:
+        if checkpoints is None:
+            return snapshot
+        steps = snapshot.steps_done(config) - last["steps"]
+        if config.checkpoint_every is None:
+            due = time.monotonic() - last["time"] >= CHECKPOINT_SECONDS
+        else:
+            due = steps >= config.checkpoint_every
+        if steps == 0 or not (due or force):
+            return snapshot
+        start = time.perf_counter()
+        manifest = {**checkpoints.identity, "phase": snapshot.phase, "step": snapshot.step, "timings": snapshot.timings}
+        tree = (snapshot.keys, snapshot.state, snapshot.moments)
+        checkpoint.save(checkpoints.directory, manifest, tree, {name: getattr(snapshot, name) for name in TABLES})
+        if checkpoints.on_checkpoint is not None:
+            checkpoints.on_checkpoint(checkpoints.directory)
+        last.update(steps=snapshot.steps_done(config), time=time.monotonic())
+        return _add_time(snapshot, "checkpoint_s", time.perf_counter() - start)
+
+    return save
+
+
+def _drive(snapshot: Snapshot, total: int, chunk_size: int, advance, progress: _Progress, save) -> Snapshot:
+    """The chunks of the current phase from ``snapshot.step`` to ``total``; a checkpoint after
+    each chunk when one is due. ``advance(snapshot, start, length) -> (snapshot, stats)``."""
+    for chunk_start, length in _chunks(total, chunk_size, snapshot.step):
+        start = time.perf_counter()
+        snapshot, stats = advance(snapshot, chunk_start, length)
+        snapshot = _add_time(snapshot._replace(step=chunk_start + length), f"{snapshot.phase}_s", time.perf_counter() - start)
+        progress.update(snapshot.phase, stats)
+        snapshot = save(snapshot)
+    return snapshot
+
+
+def _int32(value):
+    return jnp.asarray(value, jnp.int32)
+
+
+def _warmup(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress, save) -> Snapshot:
+    """Warm-up chunks, then the tuned state: the snapshot at the start of sampling."""
+    warmup_chunk, _ = make_phases(sampler, config.chunk_size, config.thin)
+    start = time.perf_counter()
+    chunk = compiled(warmup_chunk, snapshot.state, snapshot.keys.warmup, _int32(0), _int32(1), logdensity)
+    snapshot = _add_time(snapshot, "compile_warmup_s", time.perf_counter() - start)
+
+    def advance(s: Snapshot, chunk_start, length):
+        state, stats = chunk(s.state, s.keys.warmup, _int32(chunk_start), _int32(length), logdensity)
+        stats = _to_numpy(stats, length)
+        return s._replace(state=state, warmup_stats=_append(s.warmup_stats, stats)), stats
+
+    snapshot = _drive(snapshot, config.warmup, config.chunk_size, advance, progress, save)
+    start = time.perf_counter()
+    state = jax.block_until_ready(_finish_warmup(sampler, snapshot.state))
+    snapshot = snapshot._replace(phase="sampling", step=0, state=state, moments=_moments_init(sampler.position(state)))
+    return _add_time(snapshot, "warmup_s", time.perf_counter() - start)
+
+
+def _sampling(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress, save) -> Snapshot:
+    _, sample_chunk = make_phases(sampler, config.chunk_size, config.thin)
     keep = jnp.asarray(config.keep_groups, dtype=jnp.int32)
-    timings = {}
-
     start = time.perf_counter()
-    first = starting_points(key_init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
-    state = _init(sampler, first.positions, logdensity, config.warmup, first.inverse_mass_matrix)
-    jax.block_until_ready(state)
-    timings["initialisation_s"] = time.perf_counter() - start
+    chunk = compiled(sample_chunk, snapshot.state, snapshot.moments, snapshot.keys.sample, _int32(0), _int32(1), logdensity, keep)
+    snapshot = _add_time(snapshot, "compile_sampling_s", time.perf_counter() - start)
 
-    warmup_chunk, sample_chunk = make_phases(sampler, config.chunk_size, config.thin)
-    start = time.perf_counter()
-    int32 = lambda v: jnp.asarray(v, jnp.int32)
-    warmup_compiled = compiled(warmup_chunk, state, key_warmup, int32(0), int32(1), logdensity)
-    timings["compile_warmup_s"] = time.perf_counter() - start
+    def advance(s: Snapshot, chunk_start, length):
+        state, moments, (stats, kept) = chunk(s.state, s.moments, s.keys.sample, _int32(chunk_start), _int32(length), logdensity, keep)
+        stats, kept = _to_numpy(stats, length), _to_numpy(kept, length)
+        return s._replace(state=state, moments=moments, sample_stats=_append(s.sample_stats, stats), draws=_append(s.draws, kept)), stats
 
-    progress = _Progress(config.warmup + config.draws, config.progress)
-    warmup_stats = []
-    start = time.perf_counter()
-    for chunk_start, length in _chunks(config.warmup, config.chunk_size):
-        state, stats = warmup_compiled(state, key_warmup, int32(chunk_start), int32(length), logdensity)
-        stats = jax.device_get(stats)
-        progress.update("warm-up", stats, length)
-        warmup_stats.append(_to_numpy(stats, length))
-    state = _finish_warmup(sampler, state)
-    jax.block_until_ready(state)
-    timings["warmup_s"] = time.perf_counter() - start
+    return _drive(snapshot, config.draws, config.chunk_size, advance, progress, save)
 
-    moments = _moments_init(sampler.position(state))
-    start = time.perf_counter()
-    sample_compiled = compiled(sample_chunk, state, moments, key_sample, int32(0), int32(1), logdensity, keep)
-    timings["compile_sampling_s"] = time.perf_counter() - start
 
-    draws, sample_stats = [], []
-    start = time.perf_counter()
-    for chunk_start, length in _chunks(config.draws, config.chunk_size):
-        state, moments, (stats, kept) = sample_compiled(
-            state, moments, key_sample, int32(chunk_start), int32(length), logdensity, keep
-        )
-        stats, kept = jax.device_get((stats, kept))
-        progress.update("sampling", stats, length)
-        sample_stats.append(_to_numpy(stats, length))
-        draws.append(_to_numpy(kept, length))
-    jax.block_until_ready(moments)
-    timings["sampling_s"] = time.perf_counter() - start
+def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None, checkpoints: Checkpoints | None = None) -> RunResult:
+    """Starting points, warm-up, draws. ``dtype`` is the parameters' (float64 in mixed mode).
+
+    With ``checkpoints``, writes checkpoints as it goes (and one at the end), and resumes from
+    ``checkpoints.resume_from`` when set. Every step's key is ``fold_in(phase key, step)``
+    and a resume goes on at the chunk boundary where the checkpoint was written, so a
+    resumed run draws the same numbers as one never stopped (bitwise on the CPU).
+    """
+    dtype = dtype or jnp.result_type(float)
+    if checkpoints is not None and checkpoints.resume_from is not None:
+        snapshot = _resume(sampler, logdensity, config, dtype, checkpoints)
+    else:
+        snapshot = _start(sampler, logdensity, config, dtype)
+    progress = _Progress(config, snapshot)
+    save = _checkpointer(checkpoints, config, snapshot)
+    if snapshot.phase == "warmup":
+        snapshot = _warmup(sampler, logdensity, config, snapshot, progress, save)
+    snapshot = _sampling(sampler, logdensity, config, snapshot, progress, save)
     progress.close()
+    snapshot = save(snapshot, force=True)
+    return _result(snapshot, config, sampler)
 
-    moments = jax.device_get(moments)
+
+def _result(snapshot: Snapshot, config: RunConfig, sampler) -> RunResult:
+    moments = jax.device_get(snapshot.moments)
     count = max(int(moments.count), 2)
     return RunResult(
-        draws=_concat(draws)._asdict() if draws else {},
-        sample_stats=_concat(sample_stats)._asdict() if sample_stats else {},
-        warmup_sample_stats=_concat(warmup_stats)._asdict() if warmup_stats else {},
+        draws=snapshot.draws,
+        sample_stats=snapshot.sample_stats,
+        warmup_sample_stats=snapshot.warmup_stats,
         group_mean={"alpha_group": moments.alpha_group_mean, "gamma_group": moments.gamma_group_mean},
         group_sd={
             "alpha_group": np.sqrt(np.maximum(moments.alpha_group_m2, 0) / (count - 1)),
             "gamma_group": np.sqrt(np.maximum(moments.gamma_group_m2, 0) / (count - 1)),
         },
         keep_groups=tuple(config.keep_groups),
-        timings=timings,
-        final_positions=sampler.position(state),
+        timings=snapshot.timings,
+        final_positions=sampler.position(snapshot.state),
     )

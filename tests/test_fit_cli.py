@@ -35,7 +35,7 @@ def test_cli_writes_every_file(tmp_path, table_file, capsys):
     out = tmp_path / "run"
     code = main(["--data", str(table_file), "--outcome", "bought", "--group", "store", "--out", str(out), "--keep-groups", "2", *FAST])
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"posterior.nc", "summary.csv", "trace.png", "run.json"}
+    assert {p.name for p in out.iterdir()} == {"posterior.nc", "summary.csv", "trace.png", "run.json", "checkpoint"}
     tree = xr.open_datatree(out / "posterior.nc")
     assert tree["posterior"]["beta"].shape == (2, 30, 2)
     assert list(tree["group_moments"]["group"].values) == ["east", "north", "south", "west"]
