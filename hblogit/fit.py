@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import results, runner
+from . import results, runner, sharding
 from .cli import add_data_arguments, cli_errors, load_data
 from .data import Dataset
 from .model import make_logdensity
@@ -76,6 +76,7 @@ def fit(
     chunk_size: int = 50,
     init_steps: int = 200,
     progress: bool = True,
+    devices: int | None = None,
 ):
     """Sample the posterior; returns an ArviZ DataTree.
 
@@ -87,34 +88,56 @@ def fit(
     ``precision``: "mixed" (default) keeps the data float32 and runs the parameters, the
     energies and every reduction in float64, which switches on JAX's x64 mode; "float32"
     runs everything in float32; "float64" everything in float64.
+
+    ``devices``: how many devices share the groups (``hblogit.sharding``); by default every
+    device when JAX sees several GPUs, else 1.
     """
     for name, value, low in (("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    devices = sharding.default_devices() if devices is None else devices
     dataset, dtype = _with_precision(dataset, precision)
     kernel = get_sampler(sampler, **(sampler_options or {}))
+    keep_groups = _resolve_keep_groups(keep_groups, dataset.num_groups)
     config = runner.RunConfig(
         chains=chains,
         warmup=warmup,
         draws=draws,
         thin=thin,
         seed=seed,
-        keep_groups=_resolve_keep_groups(keep_groups, dataset.num_groups),
+        keep_groups=keep_groups,
         chunk_size=chunk_size,
         init_steps=init_steps,
         progress=progress,
     )
-    result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype)
+    if devices == 1:
+        result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype)
+    else:
+        result = _run_sharded(kernel, sharding.make_sharded_logdensity(dataset, devices), config, dtype)
     device = jax.devices()[0]
     record = {
-        "config": {**config._asdict(), "sampler": sampler, "sampler_options": sampler_options or {}, "precision": precision},
+        "config": {**config._asdict(), "sampler": sampler, "sampler_options": sampler_options or {}, "precision": precision, "devices": devices},
         "data": {"num_obs": dataset.num_obs, "num_groups": dataset.num_groups, "num_covariates": dataset.num_covariates},
         "versions": _versions(),
-        "device": f"{device.platform}: {device.device_kind}",
+        "device": f"{device.platform}: {device.device_kind}" + (f" x {devices}" if devices > 1 else ""),
         "timings": result.timings,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return results.to_datatree(result, dataset, record)
+
+
+def _run_sharded(kernel, logdensity: sharding.ShardedLogDensity, config: runner.RunConfig, dtype) -> runner.RunResult:
+    """``runner.run`` in the padded group space, its group results mapped back to the groups."""
+    slots = logdensity.group_slots
+    padded = config._replace(keep_groups=tuple(int(slots[g]) for g in config.keep_groups))
+    result = runner.run(kernel, logdensity, padded, dtype=dtype)
+    real = lambda moments: {name: value[:, slots] for name, value in moments.items()}
+    return result._replace(
+        group_mean=real(result.group_mean),
+        group_sd=real(result.group_sd),
+        keep_groups=config.keep_groups,
+        final_positions=logdensity.from_sharded(result.final_positions),
+    )
 
 
 def run_record(idata) -> dict:
@@ -136,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--keep-groups", default="5", help="a count of groups to keep every draw of, or comma-separated group indices")
     parser.add_argument("--precision", choices=PRECISIONS, default="mixed", help="see README, Precision (default: mixed)")
+    parser.add_argument("--devices", type=int, default=None, help="devices to spread the groups over (default: every GPU when there are several, else 1)")
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -185,6 +209,7 @@ def main(argv=None) -> int:
         sampler_options=parse_sampler_options(args.sampler_opt),
         precision=args.precision,
         progress=not args.no_progress,
+        devices=args.devices,
     )
     write_outputs(idata, loaded.truth, args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     return 0

@@ -23,7 +23,7 @@ import optax
 
 from jax.flatten_util import ravel_pytree
 
-from .model import Constrained, Params, constrain, fisher_diagonal, init_params, log_likelihood, log_prior
+from .model import Constrained, Params, constrain
 from .samplers.base import Sampler, StepStats
 
 
@@ -84,10 +84,9 @@ def starting_points(key, logdensity, chains: int, steps: int, learning_rate: flo
     starts are near the bulk but still dispersed. Raises ``ValueError`` naming the part of
     the density (prior or likelihood) that is not finite at a start.
     """
-    dataset = logdensity.dataset
-    starts = jax.vmap(lambda k: init_params(k, dataset, dtype=dtype))(jax.random.split(key, chains))
+    starts = jax.vmap(lambda k: logdensity.init_params(k, dtype))(jax.random.split(key, chains))
     positions = _descend(starts, logdensity, steps, learning_rate)
-    check_finite_start(positions, dataset)
+    check_finite_start(positions, logdensity)
     return positions
 
 
@@ -110,22 +109,22 @@ def _descend(starts: Params, logdensity, steps: int, learning_rate: float) -> Pa
 
 
 @jax.jit
-def _finite_parts(positions: Params, dataset):
+def _finite_parts(positions: Params, logdensity):
     """Per chain: are the prior and the likelihood, with their gradients, finite?"""
 
     def all_finite(value, grad):
         return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in grad]))
 
     def one_chain(p):
-        prior = jax.value_and_grad(log_prior)(p)
-        likelihood = jax.value_and_grad(log_likelihood)(p, dataset)
+        prior = jax.value_and_grad(logdensity.log_prior)(p)
+        likelihood = jax.value_and_grad(logdensity.log_likelihood)(p)
         return all_finite(*prior), all_finite(*likelihood)
 
     return jax.vmap(one_chain)(positions)
 
 
-def check_finite_start(positions: Params, dataset) -> None:
-    prior_ok, likelihood_ok = _finite_parts(positions, dataset)
+def check_finite_start(positions: Params, logdensity) -> None:
+    prior_ok, likelihood_ok = _finite_parts(positions, logdensity)
     for name, ok in (("prior", prior_ok), ("likelihood", likelihood_ok)):
         bad = np.flatnonzero(~np.asarray(ok))
         if bad.size:
@@ -279,10 +278,11 @@ def _concat(parts: Sequence, axis=1):
 
 
 @jax.jit
-def initial_inverse_mass_matrix(positions: Params, dataset) -> jax.Array:
+def initial_inverse_mass_matrix(positions: Params, logdensity) -> jax.Array:
     """(chains, d): one over the information diagonal at each chain's start, flattened in
     the order BlackJAX ravels a Params."""
-    return jax.vmap(lambda p: ravel_pytree(jax.tree.map(jnp.reciprocal, fisher_diagonal(p, dataset)))[0])(positions)
+    information = jax.vmap(logdensity.fisher_diagonal)(positions)
+    return jax.vmap(lambda i: ravel_pytree(jax.tree.map(jnp.reciprocal, i))[0])(information)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -304,7 +304,7 @@ def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None) -> RunRe
 
     start = time.perf_counter()
     positions = starting_points(key_init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
-    inverse_mass_matrix = initial_inverse_mass_matrix(positions, logdensity.dataset)
+    inverse_mass_matrix = initial_inverse_mass_matrix(positions, logdensity)
     state = _init(sampler, positions, logdensity, config.warmup, inverse_mass_matrix)
     jax.block_until_ready(state)
     timings["initialisation_s"] = time.perf_counter() - start
