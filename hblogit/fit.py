@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checkpoint, results, runner
+from . import checkpoint, results, runner, sharding
 from .cli import add_data_arguments, cli_errors, load_data
 from .data import Dataset
 from .model import make_logdensity
@@ -81,6 +81,7 @@ def fit(
     checkpoint_every: int | None = None,
     resume=None,
     on_checkpoint=None,
+    devices: int | None = None,
 ):
     """Sample the posterior; returns an ArviZ DataTree.
 
@@ -99,6 +100,9 @@ def fit(
     the end, and calls ``on_checkpoint(directory)`` after each. ``resume`` (a checkpoint
     directory) goes on from its checkpoint, to the same draws as a run never stopped; it
     raises ``ValueError`` if the checkpoint was written for other data or another config.
+
+    ``devices``: how many devices share the groups (``hblogit.sharding``); by default every
+    device when JAX sees several GPUs, else 1.
     """
     integers = [("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)]
     if checkpoint_every is not None:
@@ -107,21 +111,29 @@ def fit(
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     digest = checkpoint.data_digest(dataset) if (checkpoint_dir or resume) else None
+    devices = sharding.default_devices() if devices is None else devices
     dataset, dtype = _with_precision(dataset, precision)
     kernel = get_sampler(sampler, **(sampler_options or {}))
+    keep_groups = _resolve_keep_groups(keep_groups, dataset.num_groups)
     config = runner.RunConfig(
         chains=chains,
         warmup=warmup,
         draws=draws,
         thin=thin,
         seed=seed,
-        keep_groups=_resolve_keep_groups(keep_groups, dataset.num_groups),
+        keep_groups=keep_groups,
         chunk_size=chunk_size,
         init_steps=init_steps,
         progress=progress,
         checkpoint_every=checkpoint_every,
     )
-    identity = {**config.identity(), "sampler": sampler, "sampler_options": _resolved_options(kernel), "precision": precision}
+    identity = {
+        **config.identity(),
+        "sampler": sampler,
+        "sampler_options": _resolved_options(kernel),
+        "precision": precision,
+        "devices": devices,
+    }
     checkpoints = None
     if digest is not None:
         checkpoints = runner.Checkpoints(
@@ -130,13 +142,16 @@ def fit(
             resume_from=Path(resume) if resume else None,
             on_checkpoint=on_checkpoint,
         )
-    result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype, checkpoints=checkpoints)
+    if devices == 1:
+        result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype, checkpoints=checkpoints)
+    else:
+        result = _run_sharded(kernel, sharding.make_sharded_logdensity(dataset, devices), config, dtype, checkpoints)
     device = jax.devices()[0]
     record = {
         "config": {**config._asdict(), **identity},
         "data": {"num_obs": dataset.num_obs, "num_groups": dataset.num_groups, "num_covariates": dataset.num_covariates},
         "versions": _versions(),
-        "device": f"{device.platform}: {device.device_kind}",
+        "device": f"{device.platform}: {device.device_kind}" + (f" x {devices}" if devices > 1 else ""),
         "timings": result.timings,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -147,6 +162,20 @@ def _resolved_options(kernel) -> dict:
     """Every option of the sampler, defaults included, so that options left out and options
     given at their defaults name the same run."""
     return {f.name: getattr(kernel, f.name) for f in dataclasses.fields(kernel) if f.name != "name"}
+
+
+def _run_sharded(kernel, logdensity: sharding.ShardedLogDensity, config: runner.RunConfig, dtype, checkpoints) -> runner.RunResult:
+    """``runner.run`` in the padded group space, its group results mapped back to the groups."""
+    slots = logdensity.group_slots
+    padded = config._replace(keep_groups=tuple(int(slots[g]) for g in config.keep_groups))
+    result = runner.run(kernel, logdensity, padded, dtype=dtype, checkpoints=checkpoints)
+    real = lambda moments: {name: value[:, slots] for name, value in moments.items()}
+    return result._replace(
+        group_mean=real(result.group_mean),
+        group_sd=real(result.group_sd),
+        keep_groups=config.keep_groups,
+        final_positions=logdensity.from_sharded(result.final_positions),
+    )
 
 
 def run_record(idata) -> dict:
@@ -168,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--keep-groups", default="5", help="a count of groups to keep every draw of, or comma-separated group indices")
     parser.add_argument("--precision", choices=PRECISIONS, default="mixed", help="see README, Precision (default: mixed)")
+    parser.add_argument("--devices", type=int, default=None, help="devices to spread the groups over (default: every GPU when there are several, else 1)")
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -234,6 +264,7 @@ def main(argv=None, *, on_checkpoint=None) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         on_checkpoint=on_checkpoint,
+        devices=args.devices,
     )
     write_outputs(idata, loaded.truth, out)
     return 0

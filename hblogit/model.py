@@ -113,7 +113,11 @@ def _linear_predictor(params: Params, data: Dataset) -> jax.Array:
 
 
 def _outcome_sign(data: Dataset) -> jax.Array:
-    """s_i = 1 - 2 y_i, so that log p(y_i | eta_i) = -softplus(s_i eta_i), stable for any eta."""
+    """s_i = 1 - 2 y_i, so that log p(y_i | eta_i) = -softplus(s_i eta_i), stable for any eta.
+
+    A padding row (``hblogit.sharding``) has y = 1/2, so s = 0: its residual is zero, and
+    the value and the information weight are multiplied by s^2 (exactly 1 on real rows).
+    """
     return 1 - 2 * data.y
 
 
@@ -151,7 +155,7 @@ def _segment_value_and_grad(params: Params, data: Dataset) -> tuple[jax.Array, P
     accumulate = _accumulate_dtype(params)
     sign = _outcome_sign(data)
     signed_eta = sign * _linear_predictor(params, data)
-    value = jnp.sum(-jax.nn.softplus(signed_eta), dtype=accumulate)
+    value = jnp.sum(-jax.nn.softplus(signed_eta) * jnp.square(sign), dtype=accumulate)
     residual = -sign * jax.nn.sigmoid(signed_eta)
     segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
     S = jax.ops.segment_sum(residual, **segment).astype(accumulate)
@@ -219,43 +223,64 @@ def fisher_diagonal(params: Params, data: Dataset) -> Params:
     HMC, far closer to the posterior's scales than the identity (the global coefficients'
     posterior sds are ~1e-2 at the post's size, the z's ~1).
     """
+    return jax.tree.map(jnp.add, likelihood_information(params, data), prior_information(params))
+
+
+def likelihood_information(params: Params, data: Dataset) -> Params:
+    """The likelihood's part of ``fisher_diagonal``: its global entries are sums over groups."""
     accumulate = _accumulate_dtype(params)
     p = jax.nn.sigmoid(_linear_predictor(params, data))
-    weight = p * (1 - p)
+    weight = p * (1 - p) * jnp.square(_outcome_sign(data))
     segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
     Sw = jax.ops.segment_sum(weight, **segment).astype(accumulate)
     Swx2 = jax.ops.segment_sum(weight[:, None] * jnp.square(data.X), **segment).astype(accumulate)
     sigma_alpha = jnp.exp(params.log_sigma_alpha)
     sigma_gamma = jnp.exp(params.log_sigma_gamma)
     return Params(
-        alpha=jnp.sum(Sw) + PRIOR_SD_ALPHA**-2,
-        beta=jnp.sum(Swx2, axis=0) + PRIOR_SD_BETA**-2,
-        log_sigma_alpha=sigma_alpha**2 * (jnp.sum(jnp.square(params.z_alpha) * Sw) + 2 / PRIOR_SD_SIGMA_ALPHA**2),
-        log_sigma_gamma=sigma_gamma**2 * (jnp.sum(jnp.square(params.z_gamma) * Swx2, axis=0) + 2 / PRIOR_SD_SIGMA_GAMMA**2),
-        z_alpha=sigma_alpha**2 * Sw + 1,
-        z_gamma=sigma_gamma**2 * Swx2 + 1,
+        alpha=jnp.sum(Sw),
+        beta=jnp.sum(Swx2, axis=0),
+        log_sigma_alpha=sigma_alpha**2 * jnp.sum(jnp.square(params.z_alpha) * Sw),
+        log_sigma_gamma=sigma_gamma**2 * jnp.sum(jnp.square(params.z_gamma) * Swx2, axis=0),
+        z_alpha=sigma_alpha**2 * Sw,
+        z_gamma=sigma_gamma**2 * Swx2,
     )
 
 
-@jax.custom_vjp
-def log_likelihood(params: Params, data: Dataset | BlockedDataset) -> jax.Array:
-    """The Bernoulli log-likelihood; its gradient is the hand-written one.
+def prior_information(params: Params) -> Params:
+    """The prior's part of ``fisher_diagonal``."""
+    return Params(
+        alpha=jnp.full_like(params.alpha, PRIOR_SD_ALPHA**-2),
+        beta=jnp.full_like(params.beta, PRIOR_SD_BETA**-2),
+        log_sigma_alpha=jnp.exp(2 * params.log_sigma_alpha) * 2 / PRIOR_SD_SIGMA_ALPHA**2,
+        log_sigma_gamma=jnp.exp(2 * params.log_sigma_gamma) * 2 / PRIOR_SD_SIGMA_GAMMA**2,
+        z_alpha=jnp.ones_like(params.z_alpha),
+        z_gamma=jnp.ones_like(params.z_gamma),
+    )
 
-    ``data`` is a Dataset (segment sums) or its BlockedDataset (``hblogit.layout``). Only
-    the value is used here, so under ``jit`` XLA drops the gradient's work.
+
+def with_hand_gradient(value_and_grad):
+    """``f(params, data)`` returning ``value_and_grad(params, data)[0]``, whose gradient
+    (``jax.grad``, ``vjp``) is the hand-written one that ``value_and_grad`` returns.
+
+    Only the value is used by ``f`` itself, so under ``jit`` XLA drops the gradient's work
+    when no gradient is asked for.
     """
-    return _log_likelihood_value_and_grad(params, data)[0]
+
+    @jax.custom_vjp
+    def f(params, data):
+        return value_and_grad(params, data)[0]
+
+    def backward(grad, cotangent):
+        return jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad), None
+
+    f.defvjp(value_and_grad, backward)
+    return f
 
 
-def _log_likelihood_fwd(params, data):
-    return _log_likelihood_value_and_grad(params, data)
+log_likelihood = with_hand_gradient(_log_likelihood_value_and_grad)
+log_likelihood.__doc__ = """The Bernoulli log-likelihood; its gradient is the hand-written one.
 
-
-def _log_likelihood_bwd(grad, cotangent):
-    return jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad), None
-
-
-log_likelihood.defvjp(_log_likelihood_fwd, _log_likelihood_bwd)
+``data`` is a Dataset (segment sums) or its BlockedDataset (``hblogit.layout``)."""
 
 
 def logdensity(params: Params, data: Dataset | BlockedDataset) -> jax.Array:
@@ -298,6 +323,11 @@ class LogDensity(eqx.Module):
     A pytree (the arrays are leaves), so it can be passed into ``jit`` as an argument
     rather than closed over as constants; its calls share one compiled program per data
     shape (for the blocked layout, its block shapes).
+
+    Besides the density, it answers what the runner asks of a parameter space: a random
+    start, the two parts of the density (to name the one that is not finite), and the
+    information diagonal. ``hblogit.sharding.ShardedLogDensity`` answers the same for
+    parameters spread over devices.
     """
 
     dataset: Dataset
@@ -305,6 +335,18 @@ class LogDensity(eqx.Module):
 
     def __call__(self, params: Params) -> jax.Array:
         return _logdensity_jit(params, self.data)
+
+    def init_params(self, key, dtype=None) -> Params:
+        return init_params(key, self.dataset, dtype=dtype)
+
+    def log_prior(self, params: Params) -> jax.Array:
+        return log_prior(params)
+
+    def log_likelihood(self, params: Params) -> jax.Array:
+        return log_likelihood(params, self.data)
+
+    def fisher_diagonal(self, params: Params) -> Params:
+        return fisher_diagonal(params, self.dataset)
 
 
 def make_logdensity(dataset: Dataset, *, layout: str = "auto") -> LogDensity:
@@ -318,7 +360,8 @@ def make_logdensity(dataset: Dataset, *, layout: str = "auto") -> LogDensity:
     return LogDensity(dataset, dataset)
 
 
-def param_shapes(dataset: Dataset) -> Params:
+def param_shapes(dataset) -> Params:
+    """The parameters' shapes for anything with ``num_groups`` and ``num_covariates``."""
     K, G = dataset.num_covariates, dataset.num_groups
     return Params((), (K,), (), (K,), (G,), (G, K))
 

@@ -26,7 +26,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from . import checkpoint
-from .model import Constrained, Params, constrain, fisher_diagonal, init_params, log_likelihood, log_prior
+from .model import Constrained, Params, constrain
 from .samplers.base import Sampler, StepStats
 
 
@@ -106,18 +106,17 @@ def starting_points(key, logdensity, chains: int, steps: int, learning_rate: flo
     likelihood) that is not finite at a start.
     """
     key_start, key_jitter = jax.random.split(key)
-    dataset = logdensity.dataset
-    starts = jax.vmap(lambda k: init_params(k, dataset, dtype=dtype))(jax.random.split(key_start, chains))
+    starts = jax.vmap(lambda k: logdensity.init_params(k, dtype))(jax.random.split(key_start, chains))
     modes = _descend(starts, logdensity, steps, learning_rate)
-    start = _laplace_jitter(key_jitter, modes, dataset)
-    check_finite_start(start.positions, dataset)
+    start = _laplace_jitter(key_jitter, modes, logdensity)
+    check_finite_start(start.positions, logdensity)
     return start
 
 
 @jax.jit
-def _laplace_jitter(key, modes: Params, dataset) -> Start:
+def _laplace_jitter(key, modes: Params, logdensity) -> Start:
     def one_chain(key, mode):
-        variance = jax.tree.map(jnp.reciprocal, fisher_diagonal(mode, dataset))
+        variance = jax.tree.map(jnp.reciprocal, logdensity.fisher_diagonal(mode))
         flat_variance, unravel = ravel_pytree(variance)
         noise = unravel(jax.random.normal(key, flat_variance.shape, flat_variance.dtype) * jnp.sqrt(flat_variance))
         return jax.tree.map(jnp.add, mode, noise), flat_variance
@@ -145,22 +144,22 @@ def _descend(starts: Params, logdensity, steps: int, learning_rate: float) -> Pa
 
 
 @jax.jit
-def _finite_parts(positions: Params, dataset):
+def _finite_parts(positions: Params, logdensity):
     """Per chain: are the prior and the likelihood, with their gradients, finite?"""
 
     def all_finite(value, grad):
         return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in grad]))
 
     def one_chain(p):
-        prior = jax.value_and_grad(log_prior)(p)
-        likelihood = jax.value_and_grad(log_likelihood)(p, dataset)
+        prior = jax.value_and_grad(logdensity.log_prior)(p)
+        likelihood = jax.value_and_grad(logdensity.log_likelihood)(p)
         return all_finite(*prior), all_finite(*likelihood)
 
     return jax.vmap(one_chain)(positions)
 
 
-def check_finite_start(positions: Params, dataset) -> None:
-    prior_ok, likelihood_ok = _finite_parts(positions, dataset)
+def check_finite_start(positions: Params, logdensity) -> None:
+    prior_ok, likelihood_ok = _finite_parts(positions, logdensity)
     for name, ok in (("prior", prior_ok), ("likelihood", likelihood_ok)):
         bad = np.flatnonzero(~np.asarray(ok))
         if bad.size:
@@ -393,7 +392,7 @@ def _template(sampler, logdensity, config: RunConfig, dtype, phase: str):
     what a checkpoint's leaves are rebuilt into."""
 
     def build(key):
-        positions = jax.vmap(lambda k: init_params(k, logdensity.dataset, dtype=dtype))(jax.random.split(key, config.chains))
+        positions = jax.vmap(lambda k: logdensity.init_params(k, dtype))(jax.random.split(key, config.chains))
         inverse_mass_matrix = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
         state = _init(sampler, positions, logdensity, config.warmup, inverse_mass_matrix)
         if phase == "warmup":

@@ -32,6 +32,18 @@ class NUTS(eqx.Module):
 
     Options: ``max_num_doublings`` (tree depth limit, default 10), ``target_acceptance_rate``
     (default 0.8), ``initial_step_size`` (default 1.0, as BlackJAX).
+
+    On sharded Params (``hblogit.sharding``) it runs unchanged and gives the single-device
+    draws to rounding, and the state it holds keeps the group sharding: position and
+    gradient split by group, the flat mass matrix split in D equal pieces. But it does not
+    keep the sharding *inside* a trajectory: BlackJAX's diagonal metric ravels the momentum
+    (``ravel_pytree``, a concatenate) for the kinetic energy and the U-turn check, and its
+    mass-matrix adaptation ravels the position, so XLA all-gathers the full z vectors to
+    every device and reshards them with collective permutes in every leapfrog step
+    (measured in the compiled warm-up program on four CPU devices). The result is correct,
+    but traffic and temporary memory per device are O(d), not O(d / D). Keeping it would take
+    a metric and a Welford over pytrees (BlackJAX's ``nuts.build_kernel`` accepts any
+    ``metrics.Metric``), with the mass matrix carried as a Params rather than flat.
     """
 
     max_num_doublings: int = eqx.field(static=True, default=10)
