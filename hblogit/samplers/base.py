@@ -19,6 +19,7 @@ program serves any dataset of the same shape.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
@@ -87,12 +88,12 @@ def num_chains(positions) -> int:
     return jax.tree.leaves(positions)[0].shape[0]
 
 
-DEVICE_MEMORY_BYTES = 80 * 10**9  # the largest card the package targets (an 80 GB H100)
-
-
 def dimension(positions) -> int:
     """Parameters per chain."""
-    return sum(leaf[0].size for leaf in jax.tree.leaves(positions))
+    return sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(positions))
+
+
+DEVICE_MEMORY_BYTES = 80 * 10**9  # the largest card the package targets (an 80 GB H100)
 
 
 def refuse_if_too_big(name: str, positions, vectors_per_chain: float, why: str) -> None:
