@@ -4,8 +4,8 @@ BlackJAX's MCLMC, adjusted-MCLMC, ChEES and MEADS tuners are each one ``lax.scan
 the whole warm-up, with state that is not exposed step by step. Rather than copy them, the
 first ``warmup_step`` runs the tuner for all ``num_warmup`` steps and reports every gradient
 it spent as that step's ``n_steps``; the other warm-up steps are no-ops that spend none.
-The cost: the progress bar stands still during warm-up, and a checkpoint inside warm-up
-holds either the untuned or the tuned state.
+The cost: the progress bar stands still during warm-up. An incremental version would
+need the tuners' per-step updates, which BlackJAX keeps inside their scans.
 """
 
 from __future__ import annotations
