@@ -19,6 +19,7 @@ program serves any dataset of the same shape.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
@@ -85,6 +86,36 @@ def chain_keys(key, num_chains: int):
 
 def num_chains(positions) -> int:
     return jax.tree.leaves(positions)[0].shape[0]
+
+
+def dimension(positions) -> int:
+    """Parameters per chain."""
+    return sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(positions))
+
+
+DEVICE_MEMORY_BYTES = 80 * 10**9  # the largest card the package targets (an 80 GB H100)
+
+
+def refuse_if_too_big(name: str, positions, vectors_per_chain: float, why: str) -> None:
+    """Raise ``ValueError`` before tracing a sampler whose state would not fit on the card.
+
+    ``vectors_per_chain``: how many float64 vectors of the parameter dimension the sampler
+    keeps alive per chain, counted from its algorithm (positions, momenta, gradients, and
+    anything it stores per step).
+    """
+    dim, chains = dimension(positions), num_chains(positions)
+    need = 8 * dim * chains * vectors_per_chain
+    if need > DEVICE_MEMORY_BYTES:
+        raise ValueError(
+            f"sampler {name!r} needs about {need / 1e9:,.0f} GB for {dim:,} parameters x {chains} chains "
+            f"({why}), more than an {DEVICE_MEMORY_BYTES // 10**9} GB card holds"
+        )
+
+
+def warmup_length_marker(num_warmup: int) -> jax.Array:
+    """A (num_warmup, 0) array: kept in a warm-up state, its shape carries the (static)
+    warm-up length into the jitted steps, which only see traced step indices."""
+    return jnp.zeros((num_warmup, 0), jnp.int32)
 
 
 def neutral_stats(lp, acceptance_rate, diverging, n_steps, step_size, energy=None) -> StepStats:

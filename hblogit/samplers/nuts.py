@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import blackjax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from blackjax.mcmc.hmc import HMCState
 
-from . import window
-from .base import StepStats, chain_keys, register
-
-
-class WarmupState(NamedTuple):
-    chain: HMCState
-    adaptation: window.WindowState
-    schedule: jax.Array  # (num_warmup, 2), shared by all chains
-
-
-class TunedState(NamedTuple):
-    chain: HMCState
-    step_size: jax.Array
-    inverse_mass_matrix: jax.Array
+from .base import StepStats, register
+from .window import WindowAdapted
 
 
 @register("nuts")
-class NUTS(eqx.Module):
+class NUTS(WindowAdapted):
     """NUTS with a diagonal mass matrix, adapted per chain with Stan's schedule.
+
+    The default, and the yardstick for the others: no trajectory length to choose, robust on
+    the funnel-like geometry of the group effects. Same defaults at any size.
 
     Options: ``max_num_doublings`` (tree depth limit, default 10), ``target_acceptance_rate``
     (default 0.8), ``initial_step_size`` (default 1.0, as BlackJAX).
@@ -47,11 +34,9 @@ class NUTS(eqx.Module):
     """
 
     max_num_doublings: int = eqx.field(static=True, default=10)
-    target_acceptance_rate: float = eqx.field(static=True, default=0.8)
-    initial_step_size: float = eqx.field(static=True, default=1.0)
     name: str = eqx.field(static=True, default="nuts")
 
-    def _kernel(self, key, chain, logdensity, step_size, inverse_mass_matrix):
+    def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         kernel = blackjax.nuts.build_kernel()
         chain, info = kernel(key, chain, logdensity, step_size, inverse_mass_matrix, self.max_num_doublings)
         stats = StepStats(
@@ -65,38 +50,3 @@ class NUTS(eqx.Module):
             reached_max_treedepth=info.num_trajectory_expansions >= self.max_num_doublings,
         )
         return chain, stats
-
-    def init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
-        chains = jax.vmap(blackjax.nuts.init, in_axes=(0, None))(positions, logdensity)
-        init, _, _ = window.window_adaptation(self.target_acceptance_rate)
-        step_size = jnp.asarray(self.initial_step_size, chains.logdensity.dtype)
-        adaptation = jax.vmap(init, in_axes=(0, None))(inverse_mass_matrix, step_size)
-        return WarmupState(chains, adaptation, jnp.asarray(window.schedule(num_warmup)))
-
-    def warmup_step(self, key, state, logdensity, step_index):
-        _, update, _ = window.window_adaptation(self.target_acceptance_rate)
-        stage, window_end = state.schedule[step_index]
-
-        def one_chain(key, chain, adaptation):
-            chain, stats = self._kernel(key, chain, logdensity, adaptation.step_size, adaptation.inverse_mass_matrix)
-            adaptation = update(adaptation, stage, window_end, chain.position, stats.acceptance_rate)
-            return chain, adaptation, stats
-
-        keys = chain_keys(key, state.chain.logdensity.shape[0])
-        chain, adaptation, stats = jax.vmap(one_chain)(keys, state.chain, state.adaptation)
-        return WarmupState(chain, adaptation, state.schedule), stats
-
-    def finish_warmup(self, state):
-        _, _, final = window.window_adaptation(self.target_acceptance_rate)
-        step_size, inverse_mass_matrix = jax.vmap(final)(state.adaptation)
-        return TunedState(state.chain, step_size, inverse_mass_matrix)
-
-    def step(self, key, state, logdensity):
-        keys = chain_keys(key, state.chain.logdensity.shape[0])
-        chain, stats = jax.vmap(
-            lambda k, c, s, m: self._kernel(k, c, logdensity, s, m)
-        )(keys, state.chain, state.step_size, state.inverse_mass_matrix)
-        return TunedState(chain, state.step_size, state.inverse_mass_matrix), stats
-
-    def position(self, state):
-        return state.chain.position

@@ -1,4 +1,5 @@
-"""Stan's windowed warm-up (dual-averaging step size, diagonal mass matrix), step by step.
+"""Stan's windowed warm-up (dual-averaging step size, diagonal mass matrix), step by step,
+and ``WindowAdapted``: the sampler protocol for any HMC-family kernel tuned by it (nuts, hmc).
 
 Built from BlackJAX's own pieces (``dual_averaging_adaptation``, ``mass_matrix_adaptation``,
 ``build_schedule``) rather than ``blackjax.window_adaptation(...).run``, because the runner
@@ -9,14 +10,19 @@ warm-up keeps no per-step copy of the 2.1M-vector state (BlackJAX's default info
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import abc
+from typing import Any, NamedTuple
 
+import equinox as eqx
+import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.mass_matrix import MassMatrixAdaptationState, mass_matrix_adaptation
 from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
+
+from .base import StepStats, chain_keys
 
 
 class WindowState(NamedTuple):
@@ -68,3 +74,66 @@ def window_adaptation(target_acceptance_rate: float):
         return jnp.exp(state.step_size_state.log_step_size_avg), state.inverse_mass_matrix
 
     return init, update, final
+
+
+class WarmupState(NamedTuple):
+    chain: Any  # a BlackJAX chain state, batched over chains
+    adaptation: WindowState
+    schedule: jax.Array  # (num_warmup, 2), shared by all chains
+
+
+class TunedState(NamedTuple):
+    chain: Any
+    step_size: jax.Array
+    inverse_mass_matrix: jax.Array
+
+
+class WindowAdapted(eqx.Module):
+    """A per-chain HMC-family kernel, warmed up by Stan's windows, batched with ``vmap``.
+
+    A subclass says only how one chain moves: ``_transition(key, chain, logdensity,
+    step_size, inverse_mass_matrix) -> (chain, StepStats)``; its chain state must be
+    BlackJAX's ``HMCState`` (``blackjax.hmc.init``).
+    """
+
+    target_acceptance_rate: float = eqx.field(static=True, default=0.8)
+    initial_step_size: float = eqx.field(static=True, default=1.0)
+
+    @abc.abstractmethod
+    def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix) -> tuple[Any, StepStats]:
+        ...
+
+    def init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
+        chains = jax.vmap(blackjax.hmc.init, in_axes=(0, None))(positions, logdensity)
+        init, _, _ = window_adaptation(self.target_acceptance_rate)
+        step_size = jnp.asarray(self.initial_step_size, chains.logdensity.dtype)
+        adaptation = jax.vmap(init, in_axes=(0, None))(inverse_mass_matrix, step_size)
+        return WarmupState(chains, adaptation, jnp.asarray(schedule(num_warmup)))
+
+    def warmup_step(self, key, state, logdensity, step_index):
+        _, update, _ = window_adaptation(self.target_acceptance_rate)
+        stage, window_end = state.schedule[step_index]
+
+        def one_chain(key, chain, adaptation):
+            chain, stats = self._transition(key, chain, logdensity, adaptation.step_size, adaptation.inverse_mass_matrix)
+            adaptation = update(adaptation, stage, window_end, chain.position, stats.acceptance_rate)
+            return chain, adaptation, stats
+
+        keys = chain_keys(key, state.chain.logdensity.shape[0])
+        chain, adaptation, stats = jax.vmap(one_chain)(keys, state.chain, state.adaptation)
+        return WarmupState(chain, adaptation, state.schedule), stats
+
+    def finish_warmup(self, state):
+        _, _, final = window_adaptation(self.target_acceptance_rate)
+        step_size, inverse_mass_matrix = jax.vmap(final)(state.adaptation)
+        return TunedState(state.chain, step_size, inverse_mass_matrix)
+
+    def step(self, key, state, logdensity):
+        keys = chain_keys(key, state.chain.logdensity.shape[0])
+        chain, stats = jax.vmap(lambda k, c, s, m: self._transition(k, c, logdensity, s, m))(
+            keys, state.chain, state.step_size, state.inverse_mass_matrix
+        )
+        return TunedState(chain, state.step_size, state.inverse_mass_matrix), stats
+
+    def position(self, state):
+        return state.chain.position
