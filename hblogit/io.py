@@ -137,14 +137,20 @@ def _binary_outcome(values: pd.Series, column: str, where: str) -> np.ndarray:
 
 
 def _covariate_matrix(table: pd.DataFrame, covariates, where: str) -> np.ndarray:
-    """The covariates as one array: float32 when every column is float32, else float64."""
+    """The covariates as one float32 array, the data precision of every mode but "float64"
+    (which converts it), whether or not JAX's x64 mode is on when the table is read."""
     for column in covariates:
         if not pd.api.types.is_numeric_dtype(table[column]):
             raise ValueError(f"covariate column {column!r} {where} is not numeric (dtype {table[column].dtype})")
-    all_float32 = all(table[c].dtype == np.float32 for c in covariates)
-    X = table[list(covariates)].to_numpy(dtype=np.float32 if all_float32 else np.float64)
+    X = table[list(covariates)].to_numpy(dtype=np.float64)
     infinite = ~np.isfinite(X)
     if infinite.any():
         rows, cols = np.nonzero(infinite)
         raise ValueError(f"covariate column {covariates[cols[0]]!r} {where} has an infinite value at row {rows[0]}")
-    return X
+    with np.errstate(over="ignore"):
+        X32 = X.astype(np.float32)
+    overflow = ~np.isfinite(X32)
+    if overflow.any():
+        rows, cols = np.nonzero(overflow)
+        raise ValueError(f"covariate column {covariates[cols[0]]!r} {where} exceeds float32's range at row {rows[0]}; rescale it")
+    return X32

@@ -81,3 +81,13 @@ def test_import_hblogit_does_not_import_pymc():
     code = "import sys, hblogit, hblogit.check, hblogit.cli; print('pymc' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_posterior_mode_agrees_with_pymc_and_writes_tables(tiny_csv, tmp_path, capsys):
+    argv = ["--data", str(tiny_csv), "--outcome", "y", "--group", "g", "--mode", "posterior"]
+    status = main([*argv, "--chains", "4", "--warmup", "500", "--draws", "500", "--out", str(tmp_path / "out")])
+    assert status == 0, capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "out" / "posterior.csv")
+    assert list(table.parameter) == ["alpha", "beta[a]", "beta[b]", "sigma_alpha", "sigma_gamma[a]", "sigma_gamma[b]"]
+    assert {"mean_hblogit", "mean_pymc", "z", "ok"} <= set(table.columns) and table.ok.all()
+    assert "## posterior" in (tmp_path / "out" / "check.md").read_text()

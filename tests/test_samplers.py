@@ -88,6 +88,9 @@ _count_gradients.defvjp(_count_fwd, _count_bwd)
 
 
 class CountingLogDensity(eqx.Module):
+    """Counts the gradients of the density itself; what the runner asks of a parameter space
+    besides (starts, the density's parts, the information diagonal) is passed through."""
+
     inner: hblogit.model.LogDensity
 
     @property
@@ -96,6 +99,18 @@ class CountingLogDensity(eqx.Module):
 
     def __call__(self, params):
         return self.inner(_count_gradients(params))
+
+    def init_params(self, key, dtype=None):
+        return self.inner.init_params(key, dtype)
+
+    def log_prior(self, params):
+        return self.inner.log_prior(params)
+
+    def log_likelihood(self, params):
+        return self.inner.log_likelihood(params)
+
+    def fisher_diagonal(self, params):
+        return self.inner.fisher_diagonal(params)
 
 
 def _counted():
