@@ -62,12 +62,12 @@ def main(argv=None):
     position = jax.tree.map(lambda x: x[0], start.positions)
     print(f"# N={args.num_obs:,} G={args.num_groups:,} K={args.num_covariates}: d = {dataset.num_params:,}; "
           f"{args.momenta} momenta, {args.steps} leapfrog steps of {args.step_size}")
-    print("| precision | H at start | float spacing of H | mean dH | sd dH | spacing / sd dH |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| precision | H at start | float spacing of H | mean dH | sd dH | spacing / sd dH | first dH values |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, dtype in (("float32", jnp.float32), ("mixed", jnp.float64)):
         dh, h0 = (np.asarray(v, np.float64) for v in energy_errors(logdensity, position, args.step_size, args.steps, jax.random.key(1), args.momenta, dtype))
         spacing = float(np.spacing(np.asarray(h0[0], dtype)))
-        print(f"| {name} | {h0.mean():.7g} | {spacing:.3g} | {dh.mean():.4f} | {dh.std():.4f} | {spacing / dh.std():.2g} |")
+        print(f"| {name} | {h0.mean():.7g} | {spacing:.3g} | {dh.mean():.4f} | {dh.std():.4f} | {spacing / dh.std():.2g} | {np.array2string(dh[:4], precision=4)} |")
 
 
 if __name__ == "__main__":
