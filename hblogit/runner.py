@@ -107,7 +107,7 @@ def starting_points(key, logdensity, chains: int, steps: int, learning_rate: flo
     """
     key_start, key_jitter = jax.random.split(key)
     starts = jax.vmap(lambda k: logdensity.init_params(k, dtype))(jax.random.split(key_start, chains))
-    modes = _descend(starts, logdensity, steps, learning_rate)
+    modes = descend(starts, logdensity, steps, learning_rate)
     start = _laplace_jitter(key_jitter, modes, logdensity)
     check_finite_start(start.positions, logdensity)
     return start
@@ -126,7 +126,7 @@ def _laplace_jitter(key, modes: Params, logdensity) -> Start:
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def _descend(starts: Params, logdensity, steps: int, learning_rate: float) -> Params:
+def descend(starts: Params, logdensity, steps: int, learning_rate: float) -> Params:
     """``steps`` Adam steps on -logdensity, for every chain at once."""
     optimizer = optax.adam(learning_rate)
 

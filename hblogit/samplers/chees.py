@@ -13,7 +13,7 @@ from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.mcmc import dynamic_hmc
 
 from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
-from .tuned import TunedAtOnce, flat_logdensity, flatten, unflatten
+from .tuned import FlatTunedAtOnce, flat_logdensity, flatten
 
 HALTON_BITS = 20  # the jitter sequence repeats after 2**20 draws
 
@@ -37,7 +37,7 @@ def _integration_steps(i, num_leapfrog_steps):
 
 
 @register("chees")
-class ChEES(TunedAtOnce):
+class ChEES(FlatTunedAtOnce):
     """ChEES-HMC (Hoffman, Radul & Sountsov 2021): HMC with one step size and one
     trajectory length for all chains, the length jittered draw by draw (a Halton
     sequence) and learnt during warm-up by Adam on the ChEES criterion computed across
@@ -113,9 +113,3 @@ class ChEES(TunedAtOnce):
             return chain, stats
 
         return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain)
-
-    def _step_size(self, params):
-        return params.step_size
-
-    def position(self, state):
-        return unflatten(state.chain.position, state.params.template)

@@ -110,6 +110,3 @@ class MAMS(TunedAtOnce):
             return chain, stats
 
         return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain, params)
-
-    def _step_size(self, params):
-        return params.step_size

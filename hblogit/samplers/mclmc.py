@@ -124,6 +124,3 @@ class MCLMC(TunedAtOnce):
             return chain, neutral_stats(lp, jnp.ones_like(lp), ~info.nonans, GRADIENTS_PER_STEP, params.step_size)
 
         return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain, params)
-
-    def _step_size(self, params):
-        return params.step_size

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 
 from .base import chain_keys, neutral_stats, num_chains, refuse_if_too_big, register
-from .tuned import TunedAtOnce, flat_logdensity, flatten, unflatten
+from .tuned import FlatTunedAtOnce, flat_logdensity, flatten
 
 
 class MEADSParams(NamedTuple):
@@ -25,7 +25,7 @@ class MEADSParams(NamedTuple):
 
 
 @register("meads")
-class MEADS(TunedAtOnce):
+class MEADS(FlatTunedAtOnce):
     """Generalised HMC (one leapfrog step per draw, partially refreshed momentum, a
     non-reversible slice-variable Metropolis test) with MEADS (Hoffman & Sountsov 2022):
     step size, damping and a diagonal scale set from the spread of the other chains,
@@ -95,9 +95,3 @@ class MEADS(TunedAtOnce):
             return chain, stats
 
         return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain)
-
-    def _step_size(self, params):
-        return params.step_size
-
-    def position(self, state):
-        return unflatten(state.chain.position, state.params.template)

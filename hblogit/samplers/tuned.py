@@ -61,7 +61,7 @@ class TunedAtOnce(eqx.Module):
     """Subclasses give ``_init(positions, logdensity, num_warmup, inverse_mass_matrix) ->
     (chain, params)``, ``_tune(key, chain, params, logdensity, num_warmup) -> (chain,
     params, n_steps per chain)``, ``_transition(key, chain, params, logdensity) -> (chain,
-    StepStats)`` and ``_step_size(params)`` (per chain)."""
+    StepStats)``; ``params`` carries the per-chain ``step_size`` the statistics report."""
 
     @abc.abstractmethod
     def _init(self, positions, logdensity, num_warmup, inverse_mass_matrix) -> tuple[Any, Any]: ...
@@ -71,9 +71,6 @@ class TunedAtOnce(eqx.Module):
 
     @abc.abstractmethod
     def _transition(self, key, chain, params, logdensity) -> tuple[Any, StepStats]: ...
-
-    @abc.abstractmethod
-    def _step_size(self, params) -> jax.Array: ...
 
     def init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
         chain, params = self._init(positions, logdensity, num_warmup, inverse_mass_matrix)
@@ -91,7 +88,7 @@ class TunedAtOnce(eqx.Module):
             step_index == 0, tune, lambda _: (state.chain, state.params, idle), None
         )
         lp = chain.logdensity
-        stats = neutral_stats(lp, jnp.full_like(lp, jnp.nan), jnp.zeros(lp.shape, bool), n_steps, self._step_size(params))
+        stats = neutral_stats(lp, jnp.full_like(lp, jnp.nan), jnp.zeros(lp.shape, bool), n_steps, params.step_size)
         return WarmupState(chain, params, state.length), stats
 
     def finish_warmup(self, state):
@@ -103,3 +100,11 @@ class TunedAtOnce(eqx.Module):
 
     def position(self, state):
         return state.chain.position
+
+
+class FlatTunedAtOnce(TunedAtOnce):
+    """A TunedAtOnce whose chains move as flat vectors (``flatten``), with the Params
+    ``template`` kept in ``params`` to give positions back their structure."""
+
+    def position(self, state):
+        return unflatten(state.chain.position, state.params.template)
