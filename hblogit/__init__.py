@@ -11,11 +11,13 @@ from .data import Dataset, Simulated, Truth, simulate
 from .fit import fit
 from .io import load_table
 from .model import Constrained, Params, constrain, init_params, logdensity, make_logdensity
+from .runner import SamplingError
 
 __all__ = [
     "Constrained",
     "Dataset",
     "Params",
+    "SamplingError",
     "Simulated",
     "Truth",
     "constrain",

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from .data import Dataset, Truth, simulate
 from .io import load_table
 from .presets import PRESETS
+from .runner import SamplingError
 
 
 class LoadedData(NamedTuple):
@@ -82,12 +83,18 @@ def _sizes(dataset: Dataset) -> str:
     return f"N={dataset.num_obs:,} G={dataset.num_groups:,} K={dataset.num_covariates}"
 
 
+def _print_error(error: Exception) -> None:
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"error: {message}", file=sys.stderr)
+
+
 def cli_errors(main):
     """Wrap ``main(argv) -> int`` so that a bad input ends it with one line and exit status 2.
 
     ``ValueError`` and ``FileNotFoundError`` are the user's mistakes (a missing column, an
-    unreadable file): the user needs the message, not a traceback. Anything else is a bug and
-    keeps its traceback.
+    unreadable file): the user needs the message, not a traceback. A ``SamplingError`` (a
+    chain reached a non-finite log-density mid-run) ends it with one line and exit status 1.
+    Anything else is a bug and keeps its traceback.
     """
 
     @functools.wraps(main)
@@ -95,8 +102,10 @@ def cli_errors(main):
         try:
             return main(*args, **kwargs)
         except (ValueError, FileNotFoundError) as error:
-            message = " ".join(str(error).split()) or type(error).__name__
-            print(f"error: {message}", file=sys.stderr)
+            _print_error(error)
             return 2
+        except SamplingError as error:
+            _print_error(error)
+            return 1
 
     return wrapped

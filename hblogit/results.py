@@ -76,6 +76,9 @@ class Verdict(NamedTuple):
     divergences: int
     gradient_evaluations: int  # sampling
     warmup_gradient_evaluations: int
+    divergences_by_chain: list[int]
+    first_divergence: tuple[int, int] | None  # (chain, draw) of the earliest divergent draw
+    warmup_divergences: int
 
     @property
     def ok(self) -> bool:
@@ -93,9 +96,15 @@ def diagnose(idata, table) -> Verdict:
         low = float(table[column].min())
         if low < ESS_MIN:
             warnings.append(f"{column} down to {low:.0f} (< {ESS_MIN}) at {table[column].idxmin()}")
-    divergences = int(stats["diverging"].sum())
+    diverging = np.asarray(stats["diverging"].values, dtype=bool)  # (chain, draw)
+    divergences = int(diverging.sum())
+    first = _first_divergence(diverging)
     if divergences:
-        warnings.append(f"{divergences} divergent transition(s) after warm-up")
+        warnings.append(
+            f"{divergences} divergent transition(s) after warm-up (per chain {diverging.sum(axis=1).tolist()}; "
+            f"first at draw {first[1]} of chain {first[0]}): the sampler could not follow the posterior "
+            "there, so the draws may be biased; a higher target acceptance rate (smaller steps) often helps"
+        )
     at_max = float(stats["reached_max_treedepth"].mean())
     if at_max > TREEDEPTH_FRACTION_MAX:
         warnings.append(f"maximum tree depth hit on {at_max:.1%} of draws (> {TREEDEPTH_FRACTION_MAX:.0%})")
@@ -111,8 +120,25 @@ def diagnose(idata, table) -> Verdict:
         max_r_hat,
         divergences,
         int(stats["n_steps"].sum()),
-        int(idata["warmup_sample_stats"]["n_steps"].sum()) if "warmup_sample_stats" in idata.children else 0,
+        _warmup_total(idata, "n_steps"),
+        diverging.sum(axis=1).tolist(),
+        first,
+        _warmup_total(idata, "diverging"),
     )
+
+
+def _first_divergence(diverging: np.ndarray) -> tuple[int, int] | None:
+    """(chain, draw) of the earliest divergent draw over all chains, or None."""
+    if not diverging.any():
+        return None
+    draw = int(np.argmax(diverging.any(axis=0)))
+    return int(np.argmax(diverging[:, draw])), draw
+
+
+def _warmup_total(idata, name: str) -> int:
+    if "warmup_sample_stats" not in idata.children:
+        return 0
+    return int(idata["warmup_sample_stats"][name].sum())
 
 
 def plot_trace(idata, path: Path) -> None:

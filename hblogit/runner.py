@@ -145,26 +145,27 @@ def descend(starts: Params, logdensity, steps: int, learning_rate: float) -> Par
 
 @jax.jit
 def _finite_parts(positions: Params, logdensity):
-    """Per chain: are the prior and the likelihood, with their gradients, finite?"""
+    """Per chain: are the prior, the likelihood and the whole density, with their gradients, finite?"""
 
     def all_finite(value, grad):
-        return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in grad]))
+        return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
 
     def one_chain(p):
-        prior = jax.value_and_grad(logdensity.log_prior)(p)
-        likelihood = jax.value_and_grad(logdensity.log_likelihood)(p)
-        return all_finite(*prior), all_finite(*likelihood)
+        parts = (logdensity.log_prior, logdensity.log_likelihood, logdensity)
+        return tuple(all_finite(*jax.value_and_grad(part)(p)) for part in parts)
 
     return jax.vmap(one_chain)(positions)
 
 
 def check_finite_start(positions: Params, logdensity) -> None:
-    prior_ok, likelihood_ok = _finite_parts(positions, logdensity)
-    for name, ok in (("prior", prior_ok), ("likelihood", likelihood_ok)):
+    """``ValueError`` naming the chains, and the part of the density (prior, likelihood, or
+    the density as a whole when the sampler is given another one), that is not finite."""
+    parts = _finite_parts(positions, logdensity)
+    for name, ok in zip(("log-prior", "log-likelihood", "log-density"), parts):
         bad = np.flatnonzero(~np.asarray(ok))
         if bad.size:
             raise ValueError(
-                f"the log-{name} or its gradient is not finite at the starting point of chain(s) "
+                f"the {name} or its gradient is not finite at the starting point of chain(s) "
                 f"{bad.tolist()}; check the data for extreme covariates"
             )
 
@@ -378,11 +379,15 @@ def _finish_warmup(sampler, state):
     return sampler.finish_warmup(state)
 
 
-def _start(sampler, logdensity, config: RunConfig, dtype) -> Snapshot:
-    """A fresh run: keys from the seed, starting points, the sampler's warm-up state."""
+def _start(sampler, logdensity, config: RunConfig, dtype, first: Start | None) -> Snapshot:
+    """A fresh run: keys from the seed, starting points (``first``, or ``starting_points``),
+    the sampler's warm-up state."""
     start = time.perf_counter()
     keys = run_keys(config.seed)
-    first = starting_points(keys.init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
+    if first is None:
+        first = starting_points(keys.init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
+    else:
+        check_finite_start(first.positions, logdensity)
     state = jax.block_until_ready(_init(sampler, first.positions, logdensity, config.warmup, first.inverse_mass_matrix))
     return Snapshot("warmup", 0, keys, state, None, {}, {}, {}, {"initialisation_s": time.perf_counter() - start})
 
@@ -447,10 +452,37 @@ def _drive(snapshot: Snapshot, total: int, chunk_size: int, advance, progress: _
     for chunk_start, length in _chunks(total, chunk_size, snapshot.step):
         start = time.perf_counter()
         snapshot, stats = advance(snapshot, chunk_start, length)
+        check_finite_chains(stats["lp"], snapshot.phase, chunk_start)
         snapshot = _add_time(snapshot._replace(step=chunk_start + length), f"{snapshot.phase}_s", time.perf_counter() - start)
         progress.update(snapshot.phase, stats)
         snapshot = save(snapshot)
     return snapshot
+
+
+class SamplingError(RuntimeError):
+    """A chain reached a point where the log-density is not finite, mid-run.
+
+    A Metropolis-adjusted sampler rejects such a proposal (BlackJAX counts it as a
+    divergence), so its chains never get there; an unadjusted one (mclmc) moves there and
+    cannot come back. The run stops rather than go on from a corrupted state.
+    """
+
+
+def check_finite_chains(lp: np.ndarray, phase: str, first_step: int) -> None:
+    """Raise ``SamplingError`` naming the chains whose log-density went non-finite in a chunk
+    (``lp``: chains x steps, the chunk's first step being ``first_step`` of ``phase``)."""
+    bad = ~np.isfinite(lp)
+    if not bad.any():
+        return
+    chains = np.flatnonzero(bad.any(axis=1)).tolist()
+    first = first_step + int(np.argmax(bad.any(axis=0)))
+    where = "warm-up step" if phase == "warmup" else "draw"
+    raise SamplingError(
+        f"the log-density became non-finite in chain(s) {chains}, first at {where} {first} "
+        f"({int(bad.sum())} non-finite step(s) in that chunk); the run stopped there. "
+        "A step size too large for an unadjusted sampler, or a density that is NaN somewhere "
+        "in the parameter space, does this"
+    )
 
 
 def _int32(value):
@@ -491,8 +523,19 @@ def _sampling(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progre
     return _drive(snapshot, config.draws, config.chunk_size, advance, progress, save)
 
 
-def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None, checkpoints: Checkpoints | None = None) -> RunResult:
+def run(
+    sampler: Sampler,
+    logdensity,
+    config: RunConfig,
+    *,
+    dtype=None,
+    checkpoints: Checkpoints | None = None,
+    start: Start | None = None,
+) -> RunResult:
     """Starting points, warm-up, draws. ``dtype`` is the parameters' (float64 in mixed mode).
+
+    ``start`` gives the starting points and first inverse mass matrix instead of
+    ``starting_points`` (to start several samplers, or densities, from the same points).
 
     With ``checkpoints``, writes checkpoints as it goes (and one at the end), and resumes from
     ``checkpoints.resume_from`` when set. Every step's key is ``fold_in(phase key, step)``
@@ -503,7 +546,7 @@ def run(sampler: Sampler, logdensity, config: RunConfig, *, dtype=None, checkpoi
     if checkpoints is not None and checkpoints.resume_from is not None:
         snapshot = _resume(sampler, logdensity, config, dtype, checkpoints)
     else:
-        snapshot = _start(sampler, logdensity, config, dtype)
+        snapshot = _start(sampler, logdensity, config, dtype, start)
     progress = _Progress(config, snapshot)
     save = _checkpointer(checkpoints, config, snapshot)
     if snapshot.phase == "warmup":

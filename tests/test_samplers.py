@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -13,13 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
-from jax.flatten_util import ravel_pytree
 
 import hblogit
 from hblogit.fit import main
 from hblogit.samplers import SAMPLERS, base, get_sampler, register
-from hblogit.samplers.base import neutral_stats
 from tests.test_fit import assert_agrees_with_reference, reference  # noqa: F401  (fixture)
+from tests.toy_samplers import RandomWalk
 
 # Run lengths per sampler: as short as the agreement check allows. nuts is checked by
 # tests/test_fit.py. thin > 1 where a step is cheap (one to a few gradients), so that a
@@ -150,47 +148,6 @@ def test_cli_runs_every_sampler_and_its_gradient_counts_are_honest(name, tmp_pat
     assert int(tree["sample_stats"]["n_steps"].sum()) > 0
     assert spent == INIT_STEPS * chains + chains + reported
     assert json.loads((tmp_path / "run.json").read_text())["config"]["sampler"] == name
-
-
-class RandomWalkState(NamedTuple):
-    position: hblogit.Params  # batched over chains
-    lp: jax.Array
-
-
-class RandomWalk(eqx.Module):
-    """Random-walk Metropolis with isotropic Gaussian proposals; no warm-up, no gradients."""
-
-    scale: float = eqx.field(static=True, default=0.05)
-    name: str = eqx.field(static=True, default="toy")
-
-    def init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
-        return RandomWalkState(positions, jax.vmap(logdensity)(positions))
-
-    def _move(self, key, position, lp, logdensity):
-        flat, unravel = ravel_pytree(position)
-        key_proposal, key_accept = jax.random.split(key)
-        proposal = unravel(flat + self.scale * jax.random.normal(key_proposal, flat.shape, flat.dtype))
-        proposal_lp = logdensity(proposal)
-        log_ratio = jnp.nan_to_num(proposal_lp - lp, nan=-jnp.inf)
-        accept = jnp.log(jax.random.uniform(key_accept)) < log_ratio
-        position = jax.tree.map(lambda new, old: jnp.where(accept, new, old), proposal, position)
-        lp = jnp.where(accept, proposal_lp, lp)
-        stats = neutral_stats(lp, jnp.minimum(1.0, jnp.exp(log_ratio)), jnp.asarray(False), 0, jnp.asarray(self.scale, lp.dtype))
-        return position, lp, stats
-
-    def step(self, key, state, logdensity):
-        keys = jax.random.split(key, state.lp.shape[0])
-        position, lp, stats = jax.vmap(lambda k, p, l: self._move(k, p, l, logdensity))(keys, state.position, state.lp)
-        return RandomWalkState(position, lp), stats
-
-    def warmup_step(self, key, state, logdensity, step_index):
-        return self.step(key, state, logdensity)
-
-    def finish_warmup(self, state):
-        return state
-
-    def position(self, state):
-        return state.position
 
 
 def test_a_new_sampler_registers_and_runs_through_the_cli(tmp_path, tiny_preset, monkeypatch):
