@@ -6,6 +6,8 @@
 #   3. python -m hblogit.fit --preset seed, 4 chains.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time.
+# STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g.
+# "--sampler hmc --sampler-opt num_integration_steps=32"); WARMUP, DRAWS, FIT_TIMEOUT.
 # Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
 # the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
 set -euo pipefail
@@ -27,21 +29,29 @@ fi
 "$PY" -c "import jax, blackjax, pymc, arviz; print('jax', jax.__version__, jax.devices(), '| blackjax', blackjax.__version__, '| pymc', pymc.__version__, '| arviz', arviz.__version__)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-echo "== 1. agreement with float64"
-JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu) "$PY" experiments/gpu_agreement.py $SMOKE
+STAGES=${STAGES:-123}
+read -r -a FIT_ARGS <<<"${FIT_ARGS:-}"
 
-echo "== 2. gradient benchmark"
-"$PY" experiments/bench_gradient.py --platform "$PLATFORM" $SMOKE
-for C in 4 8; do
-    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE
-done
+if [[ $STAGES == *1* ]]; then
+    echo "== 1. agreement with float64"
+    JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu) "$PY" experiments/gpu_agreement.py $SMOKE
+fi
 
+if [[ $STAGES == *2* ]]; then
+    echo "== 2. gradient benchmark"
+    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" $SMOKE
+    for C in 4 8; do
+        "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE
+    done
+fi
+
+[[ $STAGES == *3* ]] || exit 0
 echo "== 3. the seed fit"
 # The progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how
 # far it got; the run's own folder stays outside $OUT (posterior.nc can be large), and its
 # small files are copied in.
 RUN=${RUN:-/tmp/hblogit_seed_fit}
-timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" --chains 4 --platform "$PLATFORM" --out "$RUN" \
+timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" "${FIT_ARGS[@]}" --chains 4 --platform "$PLATFORM" --out "$RUN" \
     2>"$OUT/fit_progress.txt" || echo "fit exited with status $?"
 tail -c 600 "$OUT/fit_progress.txt"; echo
 cp "$RUN"/summary.csv "$RUN"/run.json "$RUN"/recovery.png "$RUN"/trace.png "$OUT"/ 2>/dev/null || true

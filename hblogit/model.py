@@ -301,20 +301,23 @@ _logdensity_jit = jax.jit(logdensity)
 # (N, G, K) share a compilation only in the segment layout. From 3,000 rows up the blocked
 # layout was measured 1.8-2.6x faster with 4 vmapped chains on the 2-core CPU.
 BLOCKED_MIN_ROWS = 2_000
+# On an H100 at the post's size (N = 1e6, G = 1e5, K = 20; experiments/RESULTS.md) the two
+# layouts cost the same for one chain (0.39 ms) and blocked half as much with 4 or 8 vmapped
+# chains (0.20 against 0.44 ms per chain at 4). Smaller data was not measured on a GPU, so
+# it keeps segment sums there.
+BLOCKED_MIN_ROWS_GPU = 1_000_000
 
 
 def choose_layout(dataset: Dataset, layout: str = "auto") -> str:
-    """``"segment"`` or ``"blocked"``; ``"auto"`` picks blocked on a CPU for large data.
-
-    Measured at N = 1e6, G = 1e5, K = 20 on a 2-core CPU (experiments/RESULTS.md), the
-    blocked layout is several times faster there; segment sums are XLA's fast path on GPU.
-    """
+    """``"segment"`` or ``"blocked"``; ``"auto"`` picks blocked for large data: from
+    ``BLOCKED_MIN_ROWS`` rows on a CPU (several times faster at the post's size on 2 cores),
+    from ``BLOCKED_MIN_ROWS_GPU`` on a GPU."""
     if layout not in ("auto", "segment", "blocked"):
         raise ValueError(f"layout must be 'auto', 'segment' or 'blocked', got {layout!r}")
     if layout != "auto":
         return layout
-    large = dataset.num_obs >= BLOCKED_MIN_ROWS
-    return "blocked" if jax.default_backend() == "cpu" and large else "segment"
+    threshold = BLOCKED_MIN_ROWS if jax.default_backend() == "cpu" else BLOCKED_MIN_ROWS_GPU
+    return "blocked" if dataset.num_obs >= threshold else "segment"
 
 
 class LogDensity(eqx.Module):

@@ -21,17 +21,15 @@ import numpy as np
 from scipy import stats
 
 from .data import Simulated, Truth, draw_outcome
-
-# The model's priors (DESIGN.md): scales of the normals and half-normals.
-ALPHA_SCALE, BETA_SCALE, SIGMA_ALPHA_SCALE, SIGMA_GAMMA_SCALE = 1.5, 1.0, 1.0, 0.5
+from .model import PRIOR_SD_ALPHA, PRIOR_SD_BETA, PRIOR_SD_SIGMA_ALPHA, PRIOR_SD_SIGMA_GAMMA
 
 
 def draw_prior(rng: np.random.Generator, num_groups: int, num_covariates: int) -> Truth:
     """One draw of every parameter from the model's prior (constrained scale)."""
-    alpha = rng.normal(0.0, ALPHA_SCALE)
-    beta = rng.normal(0.0, BETA_SCALE, num_covariates)
-    sigma_alpha = abs(rng.normal(0.0, SIGMA_ALPHA_SCALE))
-    sigma_gamma = np.abs(rng.normal(0.0, SIGMA_GAMMA_SCALE, num_covariates))
+    alpha = rng.normal(0.0, PRIOR_SD_ALPHA)
+    beta = rng.normal(0.0, PRIOR_SD_BETA, num_covariates)
+    sigma_alpha = abs(rng.normal(0.0, PRIOR_SD_SIGMA_ALPHA))
+    sigma_gamma = np.abs(rng.normal(0.0, PRIOR_SD_SIGMA_GAMMA, num_covariates))
     alpha_group = sigma_alpha * rng.normal(size=num_groups)
     gamma_group = sigma_gamma * rng.normal(size=(num_groups, num_covariates))
     return Truth(alpha, beta, sigma_alpha, sigma_gamma, alpha_group, gamma_group)

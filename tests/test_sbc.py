@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hblogit import sbc
-from hblogit.model import Params, make_logdensity
+from hblogit.model import PRIOR_SD_ALPHA, PRIOR_SD_SIGMA_GAMMA, Params, make_logdensity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,10 +54,10 @@ def test_prior_draws_have_the_model_prior_moments():
     alpha = np.array([d.alpha for d in draws])
     sigma_gamma = np.array([d.sigma_gamma for d in draws])
     z_alpha = np.array([d.alpha_group / d.sigma_alpha for d in draws])
-    assert abs(alpha.mean()) < 5 * sbc.ALPHA_SCALE / np.sqrt(n)
-    assert abs(alpha.std() - sbc.ALPHA_SCALE) < 5 * sbc.ALPHA_SCALE / np.sqrt(2 * n)
-    half_normal_mean = sbc.SIGMA_GAMMA_SCALE * np.sqrt(2 / np.pi)
-    half_normal_sd = sbc.SIGMA_GAMMA_SCALE * np.sqrt(1 - 2 / np.pi)
+    assert abs(alpha.mean()) < 5 * PRIOR_SD_ALPHA / np.sqrt(n)
+    assert abs(alpha.std() - PRIOR_SD_ALPHA) < 5 * PRIOR_SD_ALPHA / np.sqrt(2 * n)
+    half_normal_mean = PRIOR_SD_SIGMA_GAMMA * np.sqrt(2 / np.pi)
+    half_normal_sd = PRIOR_SD_SIGMA_GAMMA * np.sqrt(1 - 2 / np.pi)
     assert np.all(np.abs(sigma_gamma.mean(axis=0) - half_normal_mean) < 5 * half_normal_sd / np.sqrt(n))
     assert abs(z_alpha.std() - 1.0) < 5 / np.sqrt(2 * 3 * n)
 
