@@ -7,13 +7,14 @@ import warnings
 # module has no import-time effects, so running it twice is harmless.
 warnings.filterwarnings("ignore", message="'hblogit.fit' found in sys.modules", category=RuntimeWarning)
 
-from .data import Dataset, Simulated, Truth, simulate
+from .data import CovariateWarning, Dataset, Simulated, Truth, simulate
 from .fit import fit
 from .io import load_table
 from .model import Constrained, Params, constrain, init_params, logdensity, make_logdensity
 
 __all__ = [
     "Constrained",
+    "CovariateWarning",
     "Dataset",
     "Params",
     "Simulated",
