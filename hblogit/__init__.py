@@ -7,7 +7,7 @@ import warnings
 # module has no import-time effects, so running it twice is harmless.
 warnings.filterwarnings("ignore", message="'hblogit.fit' found in sys.modules", category=RuntimeWarning)
 
-from .data import Dataset, Simulated, Truth, simulate
+from .data import CovariateWarning, Dataset, Simulated, Truth, simulate
 from .fit import fit
 from .io import load_table
 from .model import Constrained, Params, constrain, init_params, logdensity, make_logdensity
@@ -15,6 +15,7 @@ from .runner import SamplingError
 
 __all__ = [
     "Constrained",
+    "CovariateWarning",
     "Dataset",
     "Params",
     "SamplingError",

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import warnings
 from typing import NamedTuple
 
-from .data import Dataset, Truth, simulate
+from .data import CovariateWarning, Dataset, Truth, simulate
 from .io import load_table
 from .presets import PRESETS
 from .runner import SamplingError
@@ -84,28 +85,48 @@ def _sizes(dataset: Dataset) -> str:
 
 
 def _print_error(error: Exception) -> None:
-    message = " ".join(str(error).split()) or type(error).__name__
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_one_line(error) or type(error).__name__}", file=sys.stderr)
 
 
 def cli_errors(main):
-    """Wrap ``main(argv) -> int`` so that a bad input ends it with one line and exit status 2.
+    """Wrap ``main(argv) -> int`` so that a bad input ends it with one line and exit status 2,
+    and a warning about the data (``CovariateWarning``) prints as one line, ``warning: ...``.
 
     ``ValueError`` and ``FileNotFoundError`` are the user's mistakes (a missing column, an
     unreadable file): the user needs the message, not a traceback. A ``SamplingError`` (a
     chain reached a non-finite log-density mid-run) ends it with one line and exit status 1.
-    Anything else is a bug and keeps its traceback.
+    Anything else is a bug and keeps its traceback; other warnings keep Python's format,
+    which says where they arose.
     """
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as error:
-            _print_error(error)
-            return 2
-        except SamplingError as error:
-            _print_error(error)
-            return 1
+        with warnings.catch_warnings():
+            warnings.showwarning = _data_warnings_as_lines(warnings.showwarning)
+            try:
+                return main(*args, **kwargs)
+            except (ValueError, FileNotFoundError) as error:
+                _print_error(error)
+                return 2
+            except SamplingError as error:
+                _print_error(error)
+                return 1
 
     return wrapped
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+def _data_warnings_as_lines(show):
+    """A ``warnings.showwarning`` that prints a ``CovariateWarning`` as one line on stderr
+    and hands any other warning to ``show``."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CovariateWarning):
+            print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning

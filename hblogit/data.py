@@ -1,11 +1,15 @@
 """Data: the post's generator, the validated group-sorted Dataset, and file loading.
 
 Everything here runs on the host in NumPy, before any JAX work, so that a bad input is
-reported as a ``ValueError`` naming the argument instead of a NaN deep inside a sampler.
+reported as a ``ValueError`` naming the argument instead of a NaN deep inside a sampler, and
+a legal but ill-suited covariate (constant, or on a huge scale) as a ``CovariateWarning``
+naming the column.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import NamedTuple
 
 import equinox as eqx
@@ -78,7 +82,8 @@ class Dataset(eqx.Module):
     ``X`` keeps float64 when given float64 and is float32 otherwise. ``order`` is the
     permutation applied to the caller's rows (``X_sorted = X_caller[order]``);
     ``group_sizes`` and ``group_offsets`` describe the contiguous block of each group.
-    A group with no rows is legal: its parameters keep their prior.
+    A group with no rows is legal: its parameters keep their prior. A constant or huge
+    covariate is legal too, and warned of (``covariate_problems``).
 
     It is a pytree (an equinox Module) with the sizes static, so it crosses ``jit``.
     """
@@ -110,6 +115,8 @@ class Dataset(eqx.Module):
             group_labels = tuple(np.asarray(group_labels).tolist())
             if len(group_labels) != num_groups:
                 raise ValueError(f"group_labels has {len(group_labels)} labels but there are {num_groups} groups")
+        for message in covariate_problems(X, covariate_names):
+            warnings.warn(message, CovariateWarning, skip_file_prefixes=_CALLER_SKIPS)
         self.X = jnp.asarray(X[order])
         self.y = jnp.asarray(y[order].astype(X.dtype))
         self.group_idx = jnp.asarray(group_idx[order].astype(np.int32))
@@ -137,6 +144,59 @@ class Dataset(eqx.Module):
     @property
     def num_params(self) -> int:
         return 2 + 2 * self.num_covariates + self.num_groups * (1 + self.num_covariates)
+
+
+class CovariateWarning(UserWarning):
+    """A covariate that the model's priors cannot serve as it stands: constant, or on a huge scale."""
+
+
+# A covariate's scale beyond which the priors stop being weakly informative (see covariate_problems).
+HUGE_SCALE = 1e3
+
+# Point a warning at the caller's line: past hblogit's frames and equinox's, whose metaclass
+# runs Dataset.__init__.
+_CALLER_SKIPS = tuple(os.path.dirname(path) + os.sep for path in (__file__, eqx.__file__))
+
+
+def covariate_problems(X: np.ndarray, names) -> list[str]:
+    """One message for each covariate column that is constant or on a huge scale, naming it.
+
+    - Constant: every row holds the same value (exactly; a single row is not judged). A
+      non-zero constant duplicates the intercept alpha (and its group slopes the group
+      intercepts), so only the priors tell their coefficients apart; a zero column adds
+      nothing, so its coefficients keep their priors. The message says to drop it.
+    - Huge: the column's root mean square exceeds ``HUGE_SCALE`` = 1e3. The priors are per
+      unit of x_k (beta_k ~ Normal(0, 1), sigma_gamma_k ~ HalfNormal(0.5)), so a row's term
+      x_ik beta_k has prior sd |x_ik|: weakly informative for covariates of order 1, while at
+      1e3 the priors allow log-odds shifts in the thousands and the coefficient's posterior
+      lies on a scale a thousand times below the prior's, which the sampler's adaptation has
+      to find. The root mean square counts an offset as well as a spread: a "year" column of
+      2000 +- 10 is nearly collinear with the intercept. Ordinary covariates (z-scores,
+      proportions, small counts, ages) are below 1e2, a factor of ten under the threshold. The
+      message says to standardise.
+    """
+    constant = (X.min(axis=0) == X.max(axis=0)) & (X.shape[0] > 1)
+    scale = np.sqrt(np.einsum("ij,ij->j", X, X, dtype=np.float64) / X.shape[0])  # no float32 overflow
+    messages = []
+    for k, name in enumerate(names):
+        if constant[k]:
+            value = X[0, k].item()
+            effect = (
+                "adds nothing to the log-odds, so its coefficients keep their priors"
+                if value == 0
+                else "duplicates the intercept alpha, so only the priors tell their coefficients apart"
+            )
+            messages.append(
+                f"covariate {name!r} is constant ({value:g} on every row): it {effect}; "
+                "drop it (with sd 0 it cannot be standardised)"
+            )
+        elif scale[k] > HUGE_SCALE:
+            messages.append(
+                f"covariate {name!r} has scale {scale[k]:.3g} (root mean square), over {HUGE_SCALE:g}, "
+                "while the priors assume covariates of order 1: standardise it (subtract its mean, "
+                "divide by its sd)"
+            )
+    return messages
 
 
 def _validate(X, y, group_idx, num_groups):

@@ -512,10 +512,13 @@ def _int32(value):
 
 
 def _warmup(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress, save) -> Snapshot:
-    """Warm-up chunks, then the tuned state: the snapshot at the start of sampling."""
+    """Warm-up chunks, then the tuned state: the snapshot at the start of sampling. With no
+    warm-up steps, the sampler's initial settings are its tuned ones."""
     warmup_chunk, _ = make_phases(sampler, config.chunk_size, config.thin)
     start = time.perf_counter()
-    chunk = compiled(warmup_chunk, snapshot.state, snapshot.keys.warmup, _int32(0), _int32(1), logdensity)
+    chunk = None
+    if config.warmup:
+        chunk = compiled(warmup_chunk, snapshot.state, snapshot.keys.warmup, _int32(0), _int32(1), logdensity)
     snapshot = _add_time(snapshot, "compile_warmup_s", time.perf_counter() - start)
 
     def advance(s: Snapshot, chunk_start, length):

@@ -65,17 +65,18 @@ def test_dataset_sorts_by_group_and_keeps_permutation():
 
 def test_dataset_keeps_float64_and_converts_other_dtypes():
     g = np.array([0, 1])
-    assert hblogit.Dataset(np.ones((2, 1)), [0, 1], g).X.dtype == np.float64
-    assert hblogit.Dataset(np.ones((2, 1), dtype=np.int32), [0, 1], g).X.dtype == np.float32
-    assert hblogit.Dataset(np.ones((2, 1), dtype=np.float16), np.array([True, False]), g).X.dtype == np.float32
+    X = np.array([[1.0], [2.0]])  # not constant, which would warn
+    assert hblogit.Dataset(X, [0, 1], g).X.dtype == np.float64
+    assert hblogit.Dataset(X.astype(np.int32), [0, 1], g).X.dtype == np.float32
+    assert hblogit.Dataset(X.astype(np.float16), np.array([True, False]), g).X.dtype == np.float32
 
 
 def test_dataset_is_a_pytree_that_crosses_jit():
     import jax
 
-    ds = hblogit.Dataset(np.ones((3, 2)), [0, 1, 1], [0, 0, 1])
+    ds = hblogit.Dataset(np.arange(6.0).reshape(3, 2), [0, 1, 1], [0, 0, 1])
     total = jax.jit(lambda d: d.X.sum() + d.num_groups)(ds)
-    assert float(total) == 8.0
+    assert float(total) == 17.0
 
 
 GOOD = dict(X=np.ones((4, 2)), y=np.array([0, 1, 1, 0]), group_idx=np.array([0, 1, 1, 2]))

@@ -119,3 +119,9 @@ def test_the_cli_reports_a_sampling_error_in_one_line_with_exit_status_1(capsys)
     assert main([]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: the log-density became non-finite") and "Traceback" not in err
+
+
+def test_no_warm_up_samples_with_the_initial_step_size(dataset):
+    idata = hblogit.fit(dataset, chains=2, warmup=0, draws=20, progress=False, sampler_options={"initial_step_size": 0.05})
+    assert np.all(idata["sample_stats"]["step_size"].values == 0.05)
+    assert np.isfinite(idata["posterior"]["alpha"].values).all()

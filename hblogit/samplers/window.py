@@ -71,7 +71,11 @@ def window_adaptation(target_acceptance_rate: float):
         )
 
     def final(state: WindowState):
-        return jnp.exp(state.step_size_state.log_step_size_avg), state.inverse_mass_matrix
+        # With no update since the last (re)start of dual averaging (no warm-up at all), its
+        # average is empty: the step size is the one it started from.
+        da = state.step_size_state
+        log_step_size = jnp.where(da.step > 1, da.log_step_size_avg, da.log_step_size)
+        return jnp.exp(log_step_size), state.inverse_mass_matrix
 
     return init, update, final
 
