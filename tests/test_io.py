@@ -8,6 +8,7 @@ import pytest
 
 import hblogit
 from hblogit.cli import add_data_arguments, cli_errors, load_data
+from hblogit.presets import PRESETS
 
 
 def frame(labels):
@@ -123,10 +124,11 @@ def parse(argv):
 
 
 def test_load_data_from_preset_and_default():
+    small = PRESETS["small"]
     loaded = load_data(parse(["--preset", "small"]))
-    assert loaded.truth is not None and loaded.dataset.num_groups == 1000
-    assert "small" in loaded.description and "N=20,000" in loaded.description
-    assert load_data(parse([]), default_preset="small").dataset.num_obs == 20_000
+    assert loaded.truth is not None and loaded.dataset.num_groups == small["num_groups"]
+    assert "small" in loaded.description and f"N={small['num_obs']:,}" in loaded.description
+    assert load_data(parse([]), default_preset="small").dataset.num_obs == small["num_obs"]
 
 
 def test_load_data_from_file(tmp_path):

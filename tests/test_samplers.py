@@ -134,7 +134,8 @@ def tiny_preset(monkeypatch):
 def test_cli_runs_every_sampler_and_its_gradient_counts_are_honest(name, tmp_path, tiny_preset, monkeypatch):
     """``python -m hblogit.fit --sampler NAME`` with a log-density that counts its gradient
     evaluations: the count equals the starting points' Adam steps, one gradient per chain
-    at the sampler's init, and the n_steps reported by every warm-up and sampling step."""
+    at the finite-start check and one at the sampler's init, and the n_steps reported by
+    every warm-up and sampling step."""
     assert set(CHAINS) == set(SAMPLERS)
     fit_module = importlib.import_module("hblogit.fit")  # the attribute hblogit.fit is the function
     monkeypatch.setattr(fit_module, "make_logdensity", lambda dataset: CountingLogDensity(hblogit.make_logdensity(dataset)))
@@ -146,7 +147,7 @@ def test_cli_runs_every_sampler_and_its_gradient_counts_are_honest(name, tmp_pat
     tree = xr.open_datatree(tmp_path / "posterior.nc")
     reported = int(tree["warmup_sample_stats"]["n_steps"].sum()) + int(tree["sample_stats"]["n_steps"].sum())
     assert int(tree["sample_stats"]["n_steps"].sum()) > 0
-    assert spent == INIT_STEPS * chains + chains + reported
+    assert spent == INIT_STEPS * chains + 2 * chains + reported
     assert json.loads((tmp_path / "run.json").read_text())["config"]["sampler"] == name
 
 
