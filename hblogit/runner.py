@@ -13,6 +13,7 @@ sample statistics; every group's posterior mean and sd are streamed (Welford) in
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import time
@@ -274,20 +275,26 @@ def make_phases(sampler: Sampler, chunk_size: int, thin: int):
     )
 
 
-_EXECUTABLES: dict = {}
+_EXECUTABLES: collections.OrderedDict = collections.OrderedDict()
+MAX_EXECUTABLES = 16  # a warm-up and a sampling program for each of 8 recent run shapes
 
 
 def compiled(jitted, *args):
     """``jitted`` compiled ahead of time for ``args``' shapes, cached across runs.
 
     Ahead-of-time compilation lets the run record time compilation apart from sampling;
-    the cache keeps a second run of the same shapes (tests, resumed runs) from compiling
-    again.
+    the cache keeps a second run of the same shapes (tests, resumed runs, SBC's hundreds of
+    fits) from compiling again. It holds the ``MAX_EXECUTABLES`` most recently used, so a
+    process fitting many shapes does not keep every program (and its device memory).
     """
     leaves, treedef = jax.tree.flatten(args)
     key = (jitted, treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", False)) for x in leaves))
-    if key not in _EXECUTABLES:
+    if key in _EXECUTABLES:
+        _EXECUTABLES.move_to_end(key)
+    else:
         _EXECUTABLES[key] = jitted.lower(*args).compile()
+        while len(_EXECUTABLES) > MAX_EXECUTABLES:
+            _EXECUTABLES.popitem(last=False)
     return _EXECUTABLES[key]
 
 
