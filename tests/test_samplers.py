@@ -37,20 +37,7 @@ def test_every_registered_sampler_is_checked():
     assert set(SAMPLERS) == set(AGREEMENT) | {"nuts"}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True, reason="BlackJAX 1.7.1 meads_adaptation drifts out of the typical set (see MEADS docstring)"
-            ),
-        )
-        if name == "meads"
-        else name
-        for name in AGREEMENT
-    ],
-)
+@pytest.mark.parametrize("name", list(AGREEMENT))
 def test_sampler_agrees_with_pymc_reference(name, reference):  # noqa: F811
     idata = hblogit.fit(reference.data.dataset(), sampler=name, seed=3, progress=False, **AGREEMENT[name])
     widen = (lambda _, sd: MCLMC_BIAS_SD * sd) if name == "mclmc" else None
