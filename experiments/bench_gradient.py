@@ -8,6 +8,10 @@ Contenders, in one process, on the same data and at the same float32 point:
   leapfrog         one BlackJAX velocity-Verlet step (diagonal metric) with the auto layout:
                    the gradient plus the sampler's own vector work, timed over a scan of
                    LEAPFROG_STEPS steps; its "per chain" column is per chain and step
+  NUTS tree        one BlackJAX NUTS transition (the kernel hblogit's nuts runs) with a step
+                   size too small to turn, so every tree has NUTS_DEPTH doublings: 2^NUTS_DEPTH
+                   gradients (31 leapfrog steps and the start); its "per chain" column is per
+                   chain and gradient, so against the leapfrog row it is NUTS' own overhead
   pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU
                    number; CPU runs only (it never uses the accelerator)
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
@@ -119,6 +123,12 @@ def main(argv=None):
     contenders.append(
         (f"{LEAPFROG_STEPS} leapfrog steps ({auto})", args.chains * LEAPFROG_STEPS, lambda: block(trajectory(point)))
     )
+    tree = jax.jit(nuts_tree(logdensity, dataset.num_params))
+    tree = jax.jit(jax.vmap(tree)) if args.chains > 1 else tree
+    steps = np.asarray(tree(point)[1])
+    if np.any(steps != 2**NUTS_DEPTH - 1):
+        print(f"# warning: NUTS trees took {np.unique(steps).tolist()} leapfrog steps, not {2**NUTS_DEPTH - 1}")
+    contenders.append((f"NUTS tree, depth {NUTS_DEPTH} ({auto})", args.chains * 2**NUTS_DEPTH, lambda: block(tree(point))))
     if not args.skip_pymc:
         pytensor = jax.default_backend() == "cpu"
         contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, pytensor)
@@ -163,6 +173,27 @@ def leapfrog_trajectory(logdensity, num_params):
         return state.logdensity
 
     return trajectory
+
+
+NUTS_DEPTH = 5
+
+
+def nuts_tree(logdensity, num_params):
+    """position -> (log-density, leapfrog steps) after one NUTS transition whose tree doubles
+    NUTS_DEPTH times: at a step size of 1e-5 the trajectory never turns."""
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    kernel = blackjax.nuts.build_kernel()
+    inverse_mass_matrix = jnp.ones(num_params, jnp.float32)
+
+    def transition(position):
+        state = blackjax.nuts.init(position, logdensity)
+        state, info = kernel(jax.random.key(0), state, logdensity, jnp.float32(1e-5), inverse_mass_matrix, NUTS_DEPTH)
+        return state.logdensity, info.num_integration_steps
+
+    return transition
 
 
 def pymc_contenders(sim, point, block, pytensor: bool):

@@ -106,7 +106,7 @@ def _counted():
 # Chains per sampler: one where chains take different numbers of steps (under vmap a
 # finished chain's lane keeps computing, masked, so the callback would count gradients the
 # algorithm did not spend); ensemble samplers move in lockstep and need several chains.
-CHAINS = {"nuts": 1, "hmc": 2, "mclmc": 2, "mams": 1, "chees": 4, "meads": 4, "numpyro-nuts": 1}
+CHAINS = {"nuts": 1, "hmc": 2, "mclmc": 2, "mams": 1, "chees": 4, "meads": 8, "numpyro-nuts": 1}
 INIT_STEPS = 200  # hblogit.fit's Adam steps toward the mode per chain, before the sampler
 
 
@@ -155,3 +155,11 @@ def test_a_sampler_refuses_a_size_it_cannot_hold():
     sampler = get_sampler("mclmc", frac_tune3=0.1)
     with pytest.raises(ValueError, match=r"'mclmc' needs about \d+ GB .* more than an 80 GB card"):
         jax.eval_shape(lambda p: sampler.init(p, None, 1000, p), positions)
+
+
+@pytest.mark.parametrize("chains", [6, 4])
+def test_meads_refuses_chain_counts_its_folds_cannot_use(chains):
+    """4 folds: 6 chains do not divide, 4 leave one chain a fold, whose spread is 0."""
+    positions = jax.ShapeDtypeStruct((chains, 10), jnp.float64)
+    with pytest.raises(ValueError, match=r"divisible by num_folds = 4 and at least 2 a fold"):
+        jax.eval_shape(lambda p: get_sampler("meads").init(p, None, 100, p), positions)

@@ -132,10 +132,10 @@ class MEADS(FlatTunedAtOnce):
     name: str = eqx.field(static=True, default="meads")
 
     def _init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
-        if num_chains(positions) % self.num_folds:
+        if num_chains(positions) % self.num_folds or num_chains(positions) < 2 * self.num_folds:
             raise ValueError(
-                f"sampler 'meads' needs a number of chains divisible by num_folds = {self.num_folds}, "
-                f"got {num_chains(positions)}"
+                f"sampler 'meads' needs a number of chains divisible by num_folds = {self.num_folds} "
+                f"and at least 2 a fold (each fold's spread sets the scale), got {num_chains(positions)}"
             )
         refuse_if_too_big(self.name, positions, 8, "position, momentum, gradient and proposal per chain")
         keys = chain_keys(jax.random.key(0), num_chains(positions))
