@@ -1,7 +1,8 @@
 """``TunedAtOnce``: the protocol for samplers whose BlackJAX tuner runs as one program.
 
-BlackJAX's MCLMC, adjusted-MCLMC, ChEES and MEADS tuners are each one ``lax.scan`` over
-the whole warm-up, with state that is not exposed step by step. Rather than copy them, the
+BlackJAX's MCLMC, adjusted-MCLMC and ChEES tuners (and ``meads_warmup``, hblogit's
+corrected copy of BlackJAX's MEADS one) are each one ``lax.scan`` over the whole warm-up,
+with state that is not exposed step by step. Rather than copy them, the
 first ``warmup_step`` runs the tuner for all ``num_warmup`` steps and reports every gradient
 it spent as that step's ``n_steps``; the other warm-up steps are no-ops that spend none.
 The cost: the progress bar stands still during warm-up. An incremental version would
