@@ -180,17 +180,21 @@ NUTS_DEPTH = 5
 
 def nuts_tree(logdensity, num_params):
     """position -> (log-density, leapfrog steps) after one NUTS transition whose tree doubles
-    NUTS_DEPTH times: at a step size of 1e-5 the trajectory never turns."""
+    NUTS_DEPTH times: at a step size of 1e-5 the trajectory never turns. The parameters are
+    in JAX's default float (float64 under x64, the sampler's dtype in mixed precision, where
+    BlackJAX's NUTS needs its energies and weights in one dtype)."""
     import blackjax
     import jax
     import jax.numpy as jnp
 
+    dtype = jnp.result_type(float)  # float64 under x64, as hblogit.fit's mixed precision runs NUTS
     kernel = blackjax.nuts.build_kernel()
-    inverse_mass_matrix = jnp.ones(num_params, jnp.float32)
+    inverse_mass_matrix = jnp.ones(num_params, dtype)
 
     def transition(position):
+        position = jax.tree.map(lambda x: x.astype(dtype), position)
         state = blackjax.nuts.init(position, logdensity)
-        state, info = kernel(jax.random.key(0), state, logdensity, jnp.float32(1e-5), inverse_mass_matrix, NUTS_DEPTH)
+        state, info = kernel(jax.random.key(0), state, logdensity, jnp.asarray(1e-5, dtype), inverse_mass_matrix, NUTS_DEPTH)
         return state.logdensity, info.num_integration_steps
 
     return transition
