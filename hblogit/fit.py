@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=50,
+        metavar="STEPS",
+        help="steps per compiled chunk: the progress bar and checkpoints move once a chunk (default: 50)",
+    )
     options = parser.add_argument_group("checkpoints")
     options.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint, or the --resume directory)")
     options.add_argument(
@@ -260,6 +267,7 @@ def main(argv=None, *, on_checkpoint=None) -> int:
         sampler_options=parse_sampler_options(args.sampler_opt),
         precision=args.precision,
         progress=not args.no_progress,
+        chunk_size=args.chunk_size,
         checkpoint_dir=args.checkpoint_dir or (args.resume or out / "checkpoint"),
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

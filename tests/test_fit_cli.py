@@ -52,8 +52,9 @@ def test_cli_preset_writes_recovery_plot(tmp_path, monkeypatch):
     from hblogit import presets
 
     monkeypatch.setitem(presets.PRESETS, "small", dict(num_obs=400, num_groups=20, num_covariates=2, seed=1))
-    code = main(["--preset", "small", "--out", str(tmp_path), *FAST])
+    code = main(["--preset", "small", "--out", str(tmp_path), "--chunk-size", "7", *FAST])
     assert code == 0 and (tmp_path / "recovery.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["chunk_size"] == 7
 
 
 def test_cli_default_preset_line_says_why(tmp_path, monkeypatch, capsys):
