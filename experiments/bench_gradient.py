@@ -11,7 +11,9 @@ Contenders, in one process, on the same data and at the same float32 point:
   NUTS tree        one BlackJAX NUTS transition (the kernel hblogit's nuts runs) with a step
                    size too small to turn, so every tree has NUTS_DEPTH doublings: 2^NUTS_DEPTH
                    gradients (31 leapfrog steps and the start); its "per chain" column is per
-                   chain and gradient, so against the leapfrog row it is NUTS' own overhead
+                   chain and gradient, so against the leapfrog row it is NUTS' own overhead;
+                   with C > 1, once vmapped and once sequential (jax.lax.map), the two
+                   chain methods of hblogit's nuts
   pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU
                    number; CPU runs only (it never uses the accelerator)
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
@@ -123,12 +125,16 @@ def main(argv=None):
     contenders.append(
         (f"{LEAPFROG_STEPS} leapfrog steps ({auto})", args.chains * LEAPFROG_STEPS, lambda: block(trajectory(point)))
     )
-    tree = jax.jit(nuts_tree(logdensity, dataset.num_params))
-    tree = jax.jit(jax.vmap(tree)) if args.chains > 1 else tree
-    steps = np.asarray(tree(point)[1])
-    if np.any(steps != 2**NUTS_DEPTH - 1):
-        print(f"# warning: NUTS trees took {np.unique(steps).tolist()} leapfrog steps, not {2**NUTS_DEPTH - 1}")
-    contenders.append((f"NUTS tree, depth {NUTS_DEPTH} ({auto})", args.chains * 2**NUTS_DEPTH, lambda: block(tree(point))))
+    tree = nuts_tree(logdensity, dataset.num_params)
+    trees = {"": jax.jit(tree)}
+    if args.chains > 1:  # the two chain methods of hblogit's nuts (samplers/base.py, map_chains)
+        trees = {", vmap": jax.jit(jax.vmap(tree)), ", sequential": jax.jit(lambda p: jax.lax.map(tree, p))}
+    for method, batched in trees.items():
+        steps = np.asarray(batched(point)[1])
+        if np.any(steps != 2**NUTS_DEPTH - 1):
+            print(f"# warning: NUTS trees took {np.unique(steps).tolist()} leapfrog steps, not {2**NUTS_DEPTH - 1}")
+        name = f"NUTS tree, depth {NUTS_DEPTH} ({auto}{method})"
+        contenders.append((name, args.chains * 2**NUTS_DEPTH, lambda f=batched: block(f(point))))
     if not args.skip_pymc:
         pytensor = jax.default_backend() == "cpu"
         contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, pytensor)

@@ -163,3 +163,27 @@ def test_meads_refuses_chain_counts_its_folds_cannot_use(chains):
     positions = jax.ShapeDtypeStruct((chains, 10), jnp.float64)
     with pytest.raises(ValueError, match=r"divisible by num_folds = 4 and at least 2 a fold"):
         jax.eval_shape(lambda p: get_sampler("meads").init(p, None, 100, p), positions)
+
+
+@pytest.mark.parametrize("name", ["nuts", "hmc"])
+def test_sequential_chains_draw_what_vmapped_chains_draw(name):
+    """The chain method changes how the chains are scheduled, not what they draw: the same keys
+    reach the same chains."""
+    dataset = hblogit.simulate(300, 12, 2, seed=5).dataset()
+    draws = {
+        method: hblogit.fit(
+            dataset, sampler=name, sampler_options={"chain_method": method}, chains=3, warmup=30, draws=30, seed=1, progress=False
+        ).posterior
+        for method in ("vmap", "sequential")
+    }
+    for variable in ("alpha", "beta", "sigma_gamma"):
+        np.testing.assert_allclose(draws["sequential"][variable].values, draws["vmap"][variable].values, rtol=1e-9, atol=1e-12)
+
+
+def test_chain_method_auto_and_bad_values():
+    position = jnp.zeros((4, 10))
+    assert get_sampler("nuts").sequential(position)  # on a CPU, NUTS runs chains one by one
+    assert not get_sampler("hmc").sequential(position)
+    assert not get_sampler("nuts", chain_method="vmap").sequential(position)
+    with pytest.raises(ValueError, match="chain_method"):
+        get_sampler("nuts", chain_method="parallel")

@@ -84,6 +84,29 @@ def chain_keys(key, num_chains: int):
     return jax.random.split(key, num_chains)
 
 
+CHAIN_METHODS = ("auto", "vmap", "sequential")
+
+
+def check_chain_method(chain_method: str) -> None:
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"chain_method must be one of {', '.join(map(repr, CHAIN_METHODS))}, got {chain_method!r}")
+
+
+def map_chains(fn, sequential: bool, *args):
+    """``fn`` applied to each chain of ``args`` (the leading axis of every leaf), results stacked.
+
+    ``jax.vmap`` runs the chains in lock step: one program for all chains, data read once per
+    step for all of them, but a loop with a data-dependent trip count (NUTS' tree building)
+    runs until every chain is done, and every carried array is copied through a select at
+    each iteration, so the chains not moving still pay. ``sequential`` (``jax.lax.map``) runs
+    one chain after the other inside the same compiled program: no selects and no waiting,
+    but no sharing between chains either.
+    """
+    if sequential:
+        return jax.lax.map(lambda chain_args: fn(*chain_args), args)
+    return jax.vmap(fn)(*args)
+
+
 def num_chains(positions) -> int:
     return jax.tree.leaves(positions)[0].shape[0]
 

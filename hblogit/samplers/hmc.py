@@ -23,7 +23,9 @@ class HMC(WindowAdapted):
     Options: ``num_integration_steps`` (default 16, about what nuts uses on the small
     problems; at the post's 2.1M parameters the adapted step is smaller, so raise it to
     nuts' median ``n_steps`` there, typically 31-63), ``target_acceptance_rate`` (default
-    0.8), ``initial_step_size`` (default 1.0).
+    0.8), ``initial_step_size`` (default 1.0), ``chain_method`` (``"auto"`` is ``"vmap"``:
+    a fixed-length trajectory has no while loop to copy carries through, and vmapped chains
+    share their reads of the data; ``"sequential"`` also works).
     """
 
     num_integration_steps: int = eqx.field(static=True, default=16)

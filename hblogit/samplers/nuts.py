@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import blackjax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
-from .base import StepStats, register
+from .base import StepStats, dimension, register
 from .window import WindowAdapted
+
+
+# Between the 210k parameters where vmap was measured faster on an H200 and the 2.1M where
+# sequential was (see NUTS' docstring).
+SEQUENTIAL_MIN_PARAMS_GPU = 1_000_000
 
 
 @register("nuts")
@@ -18,7 +24,19 @@ class NUTS(WindowAdapted):
     the funnel-like geometry of the group effects. Same defaults at any size.
 
     Options: ``max_num_doublings`` (tree depth limit, default 10), ``target_acceptance_rate``
-    (default 0.8), ``initial_step_size`` (default 1.0, as BlackJAX).
+    (default 0.8), ``initial_step_size`` (default 1.0, as BlackJAX), ``chain_method``
+    (``"auto"``, ``"vmap"`` or ``"sequential"``).
+
+    Chains: BlackJAX's iterative NUTS carries its U-turn checkpoints, two (max_num_doublings,
+    d) arrays, through while loops. Vmapped, each loop iteration copies them for every chain
+    through a select, and every chain runs as long as the deepest tree. ``"auto"`` therefore
+    runs the chains one after the other on a CPU, where that was measured faster at every
+    size tried (4 chains, one NUTS gradient: 0.60 against 0.72 ms at 2.5k parameters, 146
+    against 312 ms at the post's 2.1M; experiments/RESULTS.md), and on a GPU from
+    ``SEQUENTIAL_MIN_PARAMS_GPU`` parameters. On an H200, 4 chains, per chain and NUTS
+    gradient: 0.41 ms sequential against 0.55 vmapped at 2.1M parameters, but 0.20 against
+    0.11 at 210k and 0.17 against 0.03 at 2.5k, where a GPU is bound by kernel launches and
+    vmap launches once for all chains.
 
     On sharded Params (``hblogit.sharding``) it runs unchanged and gives the single-device
     draws to rounding, and the state it holds keeps the group sharding: position and
@@ -35,6 +53,11 @@ class NUTS(WindowAdapted):
 
     max_num_doublings: int = eqx.field(static=True, default=10)
     name: str = eqx.field(static=True, default="nuts")
+
+    def _auto_sequential(self, position) -> bool:
+        if jax.default_backend() == "cpu":
+            return True
+        return dimension(position) >= SEQUENTIAL_MIN_PARAMS_GPU
 
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         kernel = blackjax.nuts.build_kernel()

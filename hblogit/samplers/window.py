@@ -22,7 +22,7 @@ from blackjax.adaptation.mass_matrix import MassMatrixAdaptationState, mass_matr
 from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
 
-from .base import StepStats, chain_keys
+from .base import StepStats, chain_keys, check_chain_method, map_chains
 
 
 class WindowState(NamedTuple):
@@ -98,10 +98,27 @@ class WindowAdapted(eqx.Module):
     A subclass says only how one chain moves: ``_transition(key, chain, logdensity,
     step_size, inverse_mass_matrix) -> (chain, StepStats)``; its chain state must be
     BlackJAX's ``HMCState`` (``blackjax.hmc.init``).
+
+    ``chain_method``: ``"vmap"`` (chains in lock step), ``"sequential"`` (one after the
+    other in the same program; see ``base.map_chains``) or ``"auto"``, which asks the
+    subclass's ``_auto_sequential``: vmap unless it says otherwise.
     """
 
     target_acceptance_rate: float = eqx.field(static=True, default=0.8)
     initial_step_size: float = eqx.field(static=True, default=1.0)
+    chain_method: str = eqx.field(static=True, default="auto")
+
+    def __check_init__(self):
+        check_chain_method(self.chain_method)
+
+    def _auto_sequential(self, position) -> bool:
+        return False
+
+    def sequential(self, position) -> bool:
+        """Whether chains of ``position`` (batched over chains) run one after the other."""
+        if self.chain_method == "auto":
+            return self._auto_sequential(position)
+        return self.chain_method == "sequential"
 
     @abc.abstractmethod
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix) -> tuple[Any, StepStats]:
@@ -124,7 +141,8 @@ class WindowAdapted(eqx.Module):
             return chain, adaptation, stats
 
         keys = chain_keys(key, state.chain.logdensity.shape[0])
-        chain, adaptation, stats = jax.vmap(one_chain)(keys, state.chain, state.adaptation)
+        sequential = self.sequential(state.chain.position)
+        chain, adaptation, stats = map_chains(one_chain, sequential, keys, state.chain, state.adaptation)
         return WarmupState(chain, adaptation, state.schedule), stats
 
     def finish_warmup(self, state):
@@ -134,8 +152,10 @@ class WindowAdapted(eqx.Module):
 
     def step(self, key, state, logdensity):
         keys = chain_keys(key, state.chain.logdensity.shape[0])
-        chain, stats = jax.vmap(lambda k, c, s, m: self._transition(k, c, logdensity, s, m))(
-            keys, state.chain, state.step_size, state.inverse_mass_matrix
+        chain, stats = map_chains(
+            lambda k, c, s, m: self._transition(k, c, logdensity, s, m),
+            self.sequential(state.chain.position),
+            keys, state.chain, state.step_size, state.inverse_mass_matrix,
         )
         return TunedState(chain, state.step_size, state.inverse_mass_matrix), stats
 
