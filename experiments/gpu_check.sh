@@ -3,7 +3,9 @@
 # network): installs the carried wheels without touching jax, then
 #   1. the log-density and gradient on the GPU against float64 on the CPU,
 #   2. bench_gradient.py at the post's size: hblogit vs PyMC's jaxified gradient, C = 1, 4, 8,
-#   3. python -m hblogit.fit --preset seed, 4 chains.
+#   3. python -m hblogit.fit --preset seed, 4 chains; run it again on the same machine (same
+#      WARMUP, DRAWS, FIT_ARGS) and it goes on from its checkpoint: a 1000 + 1000 seed fit
+#      (~10 min on an H200) takes two calls.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time.
 # STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g.
@@ -49,9 +51,16 @@ fi
 echo "== 3. the seed fit"
 # The progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how
 # far it got; the run's own folder stays outside $OUT (posterior.nc can be large), and its
-# small files are copied in.
+# small files are copied in. The fit checkpoints in $RUN/checkpoint (every minute): running
+# this stage again on the same machine goes on from there, so a fit longer than one command's
+# time limit runs in several calls. RUN=<a new folder> starts afresh.
 RUN=${RUN:-/tmp/hblogit_seed_fit}
+CHECKPOINT=(--checkpoint-dir "$RUN/checkpoint")
+if [ -f "$RUN/checkpoint/manifest.json" ]; then
+    echo "going on from the checkpoint in $RUN/checkpoint"
+    CHECKPOINT=(--resume "$RUN/checkpoint")
+fi
 timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" "${FIT_ARGS[@]}" --chains 4 --platform "$PLATFORM" --out "$RUN" \
-    2>"$OUT/fit_progress.txt" || echo "fit exited with status $?"
+    "${CHECKPOINT[@]}" 2>"$OUT/fit_progress.txt" || echo "fit exited with status $?"
 tail -c 600 "$OUT/fit_progress.txt"; echo
 cp "$RUN"/summary.csv "$RUN"/run.json "$RUN"/recovery.png "$RUN"/trace.png "$OUT"/ 2>/dev/null || true
