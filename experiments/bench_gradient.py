@@ -4,7 +4,8 @@
 
 Contenders, in one process, on the same data and at the same float32 point:
   hblogit (L)      jax.jit(jax.value_and_grad(make_logdensity(dataset, layout=L))), vmapped over
-                   C chains when C > 1; the layout "auto" picks is listed first, the other second
+                   C chains when C > 1; the layout "auto" picks is listed first, then the others
+                   (on a GPU also "fused", hblogit.fused's one-pass kernel)
   leapfrog         one BlackJAX velocity-Verlet step (diagonal metric) with the auto layout:
                    the gradient plus the sampler's own vector work, timed over a scan of
                    LEAPFROG_STEPS steps; its "per chain" column is per chain and step
@@ -115,7 +116,9 @@ def main(argv=None):
 
     contenders = []  # (name, chains per call, fn)
     auto = choose_layout(dataset)
-    for layout in (auto, *({"blocked", "segment"} - {auto})):
+    # fused runs its GPU kernel on a GPU only (on a CPU, Pallas' interpreter: no timing)
+    others = ["blocked", "segment"] + (["fused"] if jax.default_backend() == "gpu" else [])
+    for layout in (auto, *(layout for layout in others if layout != auto)):
         value_and_grad = jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout))
         value_and_grad = jax.jit(jax.vmap(value_and_grad) if args.chains > 1 else value_and_grad)
         contenders.append((f"hblogit ({layout})", args.chains, lambda f=value_and_grad: block(f(point))))

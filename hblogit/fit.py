@@ -22,7 +22,7 @@ import numpy as np
 from . import checkpoint, results, runner, sharding
 from .cli import add_data_arguments, cli_errors, load_data
 from .data import Dataset
-from .model import make_logdensity
+from .model import LAYOUTS, choose_layout, make_logdensity
 from .samplers import SAMPLERS, get_sampler
 
 PRECISIONS = ("mixed", "float32", "float64")
@@ -82,6 +82,7 @@ def fit(
     resume=None,
     on_checkpoint=None,
     devices: int | None = None,
+    layout: str = "auto",
 ):
     """Sample the posterior; returns an ArviZ DataTree.
 
@@ -103,6 +104,9 @@ def fit(
 
     ``devices``: how many devices share the groups (``hblogit.sharding``); by default every
     device when JAX sees several GPUs, else 1.
+
+    ``layout``: how the log-density lays out the data on one device (``make_logdensity``:
+    "auto", "segment", "blocked" or "fused"); the run record names the one used.
     """
     integers = [("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)]
     if checkpoint_every is not None:
@@ -112,6 +116,9 @@ def fit(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     digest = checkpoint.data_digest(dataset) if (checkpoint_dir or resume) else None
     devices = sharding.default_devices() if devices is None else devices
+    chosen_layout = choose_layout(dataset, layout)
+    if devices > 1 and layout != "auto":
+        raise ValueError(f"layout={layout!r} is for one device; {devices} devices use hblogit.sharding's own layout")
     dataset, dtype = _with_precision(dataset, precision)
     kernel = get_sampler(sampler, **(sampler_options or {}))
     keep_groups = _resolve_keep_groups(keep_groups, dataset.num_groups)
@@ -143,12 +150,12 @@ def fit(
             on_checkpoint=on_checkpoint,
         )
     if devices == 1:
-        result = runner.run(kernel, make_logdensity(dataset), config, dtype=dtype, checkpoints=checkpoints)
+        result = runner.run(kernel, make_logdensity(dataset, layout=chosen_layout), config, dtype=dtype, checkpoints=checkpoints)
     else:
         result = _run_sharded(kernel, sharding.make_sharded_logdensity(dataset, devices), config, dtype, checkpoints)
     device = jax.devices()[0]
     record = {
-        "config": {**config._asdict(), **identity},
+        "config": {**config._asdict(), **identity, "layout": chosen_layout if devices == 1 else "sharded"},
         "data": {"num_obs": dataset.num_obs, "num_groups": dataset.num_groups, "num_covariates": dataset.num_covariates},
         "versions": _versions(),
         "device": f"{device.platform}: {device.device_kind}" + (f" x {devices}" if devices > 1 else ""),
@@ -199,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="mixed", help="see README, Precision (default: mixed)")
     parser.add_argument("--devices", type=int, default=None, help="devices to spread the groups over (default: every GPU when there are several, else 1)")
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="data layout of the log-density on one device: segment sums, dense blocks, or blocks summed by one fused GPU kernel (default: auto)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -273,6 +286,7 @@ def main(argv=None, *, on_checkpoint=None) -> int:
         resume=args.resume,
         on_checkpoint=on_checkpoint,
         devices=args.devices,
+        layout=args.layout,
     )
     write_outputs(idata, loaded.truth, out)
     return 0

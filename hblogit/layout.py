@@ -48,6 +48,7 @@ class BlockedDataset(eqx.Module):
     extra_piece: jax.Array
     extra_owner: jax.Array
     num_groups: int = eqx.field(static=True)
+    fused: bool = eqx.field(static=True, default=False)  # sums by hblogit.fused's GPU kernel
 
     @property
     def num_pieces(self) -> int:
@@ -78,8 +79,9 @@ def block_widths(piece_sizes: np.ndarray, max_blocks: int) -> np.ndarray:
     return np.array(sorted(widths))
 
 
-def block_dataset(dataset: Dataset, *, max_blocks: int = 6, max_width: int = 32) -> BlockedDataset:
-    """Lay ``dataset`` out in blocks, on the host; values are copied exactly."""
+def block_dataset(dataset: Dataset, *, max_blocks: int = 6, max_width: int = 32, fused: bool = False) -> BlockedDataset:
+    """Lay ``dataset`` out in blocks, on the host; values are copied exactly. ``fused``:
+    the likelihood's block sums run as ``hblogit.fused``'s one-pass kernel."""
     X = np.asarray(dataset.X)
     sign = 1 - 2 * np.asarray(dataset.y)
     group = np.asarray(dataset.group_idx)
@@ -114,4 +116,5 @@ def block_dataset(dataset: Dataset, *, max_blocks: int = 6, max_width: int = 32)
         extra_piece=jnp.asarray(number[~is_first].astype(np.int32)),
         extra_owner=jnp.asarray(piece_owner[~is_first].astype(np.int32)),
         num_groups=dataset.num_groups,
+        fused=fused,
     )

@@ -21,6 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from . import fused
 from .data import Dataset
 from .layout import Block, BlockedDataset, block_dataset
 
@@ -163,6 +164,11 @@ def _segment_value_and_grad(params: Params, data: Dataset) -> tuple[jax.Array, P
     return value, _grad_from_sums(params, S, T)
 
 
+def _piece_coefficients(block: Block, intercepts: jax.Array, slopes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The intercept (pieces,) and slopes (K, pieces) of each piece's group."""
+    return intercepts.at[block.owner].get(**_SORTED_GATHER), slopes.at[block.owner].get(**_SORTED_GATHER).T
+
+
 def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumulate):
     """Value, S (pieces,) and T (pieces, K) of one block, as sums of whole arrays.
 
@@ -172,10 +178,8 @@ def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumula
     gather to groups (which would compute them piece by piece, in gather order).
     """
     num_covariates, width, _ = block.X.shape
-    piece_slopes = slopes.at[block.owner].get(**_SORTED_GATHER).T
-    eta = intercepts.at[block.owner].get(**_SORTED_GATHER) + sum(
-        block.X[k] * piece_slopes[k] for k in range(num_covariates)
-    )
+    piece_intercepts, piece_slopes = _piece_coefficients(block, intercepts, slopes)
+    eta = piece_intercepts + sum(block.X[k] * piece_slopes[k] for k in range(num_covariates))
     signed_eta = block.sign * jax.lax.optimization_barrier(eta)
     log_p = -jax.nn.softplus(signed_eta) * jnp.square(block.sign)  # padding rows add nothing
     residual = -block.sign * jax.nn.sigmoid(signed_eta)
@@ -183,6 +187,12 @@ def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumula
     S = sum(residual[m] for m in range(width))
     T = sum(residual[m] * block.X[:, m] for m in range(width))
     S, T = jax.lax.optimization_barrier((S, T))
+    return jnp.sum(log_p, dtype=accumulate), S.astype(accumulate), T.T.astype(accumulate)
+
+
+def _fused_block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumulate):
+    """``_block_sums`` by ``hblogit.fused``'s kernel: one pass over the block's X."""
+    log_p, S, T = fused.piece_sums(*_piece_coefficients(block, intercepts, slopes), block.X, block.sign)
     return jnp.sum(log_p, dtype=accumulate), S.astype(accumulate), T.T.astype(accumulate)
 
 
@@ -202,7 +212,8 @@ def _blocked_value_and_grad(params: Params, data: BlockedDataset) -> tuple[jax.A
     for the extra pieces of groups longer than the widest block."""
     accumulate = _accumulate_dtype(params)
     intercepts, slopes = _group_coefficients(params, data.blocks[0].X.dtype)
-    values, S, T = zip(*(_block_sums(block, intercepts, slopes, accumulate) for block in data.blocks))
+    block_sums = _fused_block_sums if data.fused else _block_sums
+    values, S, T = zip(*(block_sums(block, intercepts, slopes, accumulate) for block in data.blocks))
     S = _pieces_to_groups(jnp.concatenate(S), data)
     T = _pieces_to_groups(jnp.concatenate(T), data)
     return sum(values), _grad_from_sums(params, S, T)
@@ -308,12 +319,17 @@ BLOCKED_MIN_ROWS = 2_000
 BLOCKED_MIN_ROWS_GPU = 1_000_000
 
 
+LAYOUTS = ("auto", "segment", "blocked", "fused")
+
+
 def choose_layout(dataset: Dataset, layout: str = "auto") -> str:
-    """``"segment"`` or ``"blocked"``; ``"auto"`` picks blocked for large data: from
-    ``BLOCKED_MIN_ROWS`` rows on a CPU (several times faster at the post's size on 2 cores),
-    from ``BLOCKED_MIN_ROWS_GPU`` on a GPU."""
-    if layout not in ("auto", "segment", "blocked"):
-        raise ValueError(f"layout must be 'auto', 'segment' or 'blocked', got {layout!r}")
+    """``"segment"``, ``"blocked"`` or ``"fused"``; ``"auto"`` picks blocked for large data:
+    from ``BLOCKED_MIN_ROWS`` rows on a CPU (several times faster at the post's size on 2
+    cores), from ``BLOCKED_MIN_ROWS_GPU`` on a GPU. ``"fused"`` (the blocked layout summed
+    by ``hblogit.fused``'s GPU kernel) is asked for by name only: its speed on a GPU is not
+    measured yet, and on a CPU it runs in Pallas' interpreter, for tests."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
     if layout != "auto":
         return layout
     threshold = BLOCKED_MIN_ROWS if jax.default_backend() == "cpu" else BLOCKED_MIN_ROWS_GPU
@@ -356,11 +372,13 @@ def make_logdensity(dataset: Dataset, *, layout: str = "auto") -> LogDensity:
     """``logdensity(params) -> scalar``, with the hand-written gradient under ``jax.grad``.
 
     ``layout``: ``"segment"`` (segment sums over the sorted rows), ``"blocked"``
-    (``hblogit.layout``) or ``"auto"`` (see ``choose_layout``).
+    (``hblogit.layout``), ``"fused"`` (blocked, one-pass GPU kernel: ``hblogit.fused``) or
+    ``"auto"`` (see ``choose_layout``).
     """
-    if choose_layout(dataset, layout) == "blocked":
-        return LogDensity(dataset, block_dataset(dataset))
-    return LogDensity(dataset, dataset)
+    chosen = choose_layout(dataset, layout)
+    if chosen == "segment":
+        return LogDensity(dataset, dataset)
+    return LogDensity(dataset, block_dataset(dataset, fused=chosen == "fused"))
 
 
 def param_shapes(dataset) -> Params:

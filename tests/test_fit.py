@@ -122,6 +122,7 @@ def test_run_record_and_coords():
     assert record["config"]["chains"] == 2 and record["config"]["sampler"] == "nuts"
     assert {"compile_warmup_s", "warmup_s", "sampling_s"} <= set(record["timings"])
     assert record["versions"]["jax"] and record["device"].startswith("cpu")
+    assert record["config"]["layout"] == "segment"  # "auto" on this small data, as run
     assert list(idata["posterior"]["beta"].coords["covariate"].values) == ["x0", "x1"]
 
 
@@ -142,6 +143,8 @@ def test_fit_is_the_function_and_the_module_runs():
         (dict(keep_groups=[99]), "keep_groups"),
         (dict(precision="half"), "precision"),
         (dict(sampler_options={"bogus": 1}), "bad option for sampler 'nuts'"),
+        (dict(layout="dense"), "layout must be one of"),
+        (dict(layout="blocked", devices=2), "layout='blocked' is for one device"),
     ],
 )
 def test_fit_rejects_bad_arguments(kwargs, match):

@@ -1,4 +1,5 @@
-"""The blocked layout against the segment-sum one, PyMC, and its own widths."""
+"""The blocked layout, summed by XLA and by hblogit.fused's kernel, against the segment-sum
+layout, PyMC, and its own widths."""
 
 import itertools
 
@@ -46,25 +47,29 @@ def assert_same_value_and_grad(params, data_a, data_b, rtol=1e-12):
     [dict(), dict(max_blocks=1), dict(max_blocks=8, max_width=7), dict(max_blocks=2, max_width=1)],
     ids=["default", "one-block", "split-groups", "one-row-pieces"],
 )
-def test_blocked_equals_segment(options):
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_blocked_equals_segment(options, fused):
+    """Both ways of summing the blocks: XLA's, and hblogit.fused's kernel (interpreted here)."""
     dataset = uneven_problem(0, num_groups=61, num_covariates=3)
-    assert_same_value_and_grad(random_params(0, dataset), dataset, block_dataset(dataset, **options))
+    assert_same_value_and_grad(random_params(0, dataset), dataset, block_dataset(dataset, **options, fused=fused))
 
 
 @pytest.mark.parametrize("num_groups, num_covariates", [(1, 3), (40, 1), (7, 20)])
-def test_blocked_equals_segment_edge_shapes(num_groups, num_covariates):
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_blocked_equals_segment_edge_shapes(num_groups, num_covariates, fused):
     X, y, g = random_problem(1, num_obs=90, num_groups=num_groups, num_covariates=num_covariates, empty_group=False)
     dataset = hblogit.Dataset(X, y, g, num_groups=num_groups)
-    assert_same_value_and_grad(random_params(1, dataset), dataset, block_dataset(dataset))
+    assert_same_value_and_grad(random_params(1, dataset), dataset, block_dataset(dataset, fused=fused))
 
 
-def test_blocked_matches_pymc(oracle_problem):
+@pytest.mark.parametrize("layout", ["blocked", "fused"])
+def test_blocked_matches_pymc(oracle_problem, layout):
     from reference.model import params_to_point, split_gradient
 
     p = oracle_problem
     dataset = hblogit.Dataset(p["X"], p["y"], p["group_idx"], num_groups=p["num_groups"])
-    logdensity_blocked = hblogit.make_logdensity(dataset, layout="blocked")
-    assert isinstance(logdensity_blocked.data, BlockedDataset)
+    logdensity_blocked = hblogit.make_logdensity(dataset, layout=layout)
+    assert isinstance(logdensity_blocked.data, BlockedDataset) and logdensity_blocked.data.fused == (layout == "fused")
     for seed in range(3):
         params = random_params(seed, dataset)
         value, grad = jax.value_and_grad(logdensity_blocked)(params)
@@ -76,9 +81,10 @@ def test_blocked_matches_pymc(oracle_problem):
             assert np.max(np.abs(np.asarray(getattr(grad, name)) - expected)) / scale <= 1e-8, name
 
 
-def test_blocked_under_vmap_matches_single():
+@pytest.mark.parametrize("layout", ["blocked", "fused"])
+def test_blocked_under_vmap_matches_single(layout):
     dataset = uneven_problem(2, num_groups=30, num_covariates=2)
-    f = hblogit.make_logdensity(dataset, layout="blocked")
+    f = hblogit.make_logdensity(dataset, layout=layout)
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), *(random_params(s, dataset) for s in range(3)))
     values, grads = jax.jit(jax.vmap(jax.value_and_grad(f)))(batch)
     for c in range(3):
@@ -89,12 +95,13 @@ def test_blocked_under_vmap_matches_single():
 
 
 @pytest.mark.parametrize("params_dtype", [jnp.float32, jnp.float64], ids=["float32", "mixed"])
-def test_blocked_keeps_dtype_policy(params_dtype):
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_blocked_keeps_dtype_policy(params_dtype, fused):
     """Float32 data: float32 per-row work, value and gradient in the parameters' dtype."""
     dataset = uneven_problem(3, num_groups=50, num_covariates=4)
     data32 = hblogit.Dataset(np.asarray(dataset.X, np.float32), dataset.y, dataset.group_idx, num_groups=50)
     params = jax.tree.map(lambda x: x.astype(params_dtype), random_params(3, dataset))
-    blocked = block_dataset(data32)
+    blocked = block_dataset(data32, fused=fused)
     assert blocked.blocks[0].X.dtype == jnp.float32
     value, grad = value_and_grad(params, blocked)
     assert value.dtype == params_dtype and all(x.dtype == params_dtype for x in grad)
@@ -130,5 +137,6 @@ def test_choose_layout():
     assert choose_layout(small) == "segment"  # small data keeps shape-stable compilations
     assert choose_layout(small, "blocked") == "blocked"
     assert choose_layout(small, "segment") == "segment"
+    assert choose_layout(small, "fused") == "fused"  # by name only
     with pytest.raises(ValueError, match="layout"):
         choose_layout(small, "dense")
