@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (Python 3.12, CUDA jax, numpyro, optax, equinox; no
 # network): installs the carried wheels without touching jax, then
-#   1. the log-density and gradient on the GPU against float64 on the CPU,
-#   2. bench_gradient.py at the post's size: hblogit vs PyMC's jaxified gradient, C = 1, 4, 8,
+#   1. the log-density and gradient on the GPU against float64 on the CPU (auto and fused layouts),
+#   2. bench_gradient.py at the post's size: hblogit (every layout, fused included) vs PyMC's
+#      jaxified gradient, C = 1, 4, 8,
 #   3. python -m hblogit.fit --preset seed, 4 chains; run it again on the same machine (same
 #      WARMUP, DRAWS, FIT_ARGS) and it goes on from its checkpoint: a 1000 + 1000 seed fit
 #      (~10 min on an H200) takes two calls.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time.
 # STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g.
-# "--sampler hmc --sampler-opt num_integration_steps=32"); WARMUP, DRAWS, FIT_TIMEOUT.
+# "--layout fused", "--sampler hmc --sampler-opt num_integration_steps=32"); WARMUP, DRAWS,
+# FIT_TIMEOUT.
 # Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
 # the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
 set -euo pipefail

@@ -14,8 +14,9 @@ groups stay in XLA (``model._blocked_value_and_grad``).
 
 Not yet measured on a GPU. What to expect: one thread per piece gives ~130k threads at the
 post's size, a fraction of what an H100 holds at once, so the kernel leans on the K
-independent loads per row to keep memory busy; vmapped over chains, Pallas adds a grid axis,
-so each chain's programs read X again (from L2 where they meet). JAX 0.12 deprecates Pallas'
+independent loads per row to keep memory busy. Vmapped over chains (``piece_sums``'s own
+batching rule) a program evaluates several chains per row it loads, so X is read once per
+group of chains (``chains_per_program``), not once per chain. JAX 0.12 deprecates Pallas'
 Triton backend in favour of Mosaic GPU; jax 0.11, on the GPU machines measured so far, has it.
 
 Triton wants power-of-two block shapes; here every load is a (TILE,) vector, so K and the
@@ -42,11 +43,18 @@ def _index(i: int):
     return jnp.int32(i)
 
 
-def _kernel(intercept_ref, slopes_ref, x_ref, sign_ref, log_p_ref, s_ref, t_ref, *, num_pieces: int):
+# Slopes and sums per thread are 2 x chains x K registers: a program takes as many chains as
+# keep chains x K within this (and divide the chains); the rest split over the grid.
+MAX_CHAIN_COVARIATES = 64
+
+
+def _kernel(intercept_ref, slopes_ref, x_ref, sign_ref, log_p_ref, s_ref, t_ref, *, num_pieces: int, chains: int):
+    """One program: ``TILE`` pieces of ``chains`` chains; refs carry a leading chain axis."""
     num_covariates, width, _ = x_ref.shape
     start = pl.program_id(0) * TILE
     tile = pl.ds(start, TILE)
     in_bounds = start + jnp.arange(TILE) < num_pieces
+    chain_ids = [pl.program_id(1) * chains + c for c in range(chains)]
 
     def load(ref):
         return plgpu.load(ref, mask=in_bounds, other=0)
@@ -54,53 +62,95 @@ def _kernel(intercept_ref, slopes_ref, x_ref, sign_ref, log_p_ref, s_ref, t_ref,
     def store(ref, value):
         plgpu.store(ref, value, mask=in_bounds)
 
-    intercept = load(intercept_ref.at[tile])
-    slopes = [load(slopes_ref.at[_index(k), tile]) for k in range(num_covariates)]
+    intercept = [load(intercept_ref.at[c, tile]) for c in chain_ids]
+    slopes = [[load(slopes_ref.at[c, _index(k), tile]) for k in range(num_covariates)] for c in chain_ids]
     zero = jnp.zeros((TILE,), x_ref.dtype)
-    log_p, S, T = zero, zero, [zero] * num_covariates
+    log_p, S = [zero] * chains, [zero] * chains
+    T = [[zero] * num_covariates for _ in range(chains)]
     for m in range(width):
         x = [load(x_ref.at[_index(k), _index(m), tile]) for k in range(num_covariates)]
         sign = load(sign_ref.at[_index(m), tile])  # 0 on padding rows and masked pieces
-        eta = intercept
+        for c in range(chains):
+            eta = intercept[c]
+            for k in range(num_covariates):
+                eta = eta + x[k] * slopes[c][k]
+            signed_eta = sign * eta
+            log_p[c] = log_p[c] - jax.nn.softplus(signed_eta) * (sign * sign)
+            residual = -sign * jax.nn.sigmoid(signed_eta)
+            S[c] = S[c] + residual
+            T[c] = [t + residual * xk for t, xk in zip(T[c], x)]
+    for c, chain in enumerate(chain_ids):
+        store(log_p_ref.at[chain, tile], log_p[c])
+        store(s_ref.at[chain, tile], S[c])
         for k in range(num_covariates):
-            eta = eta + x[k] * slopes[k]
-        signed_eta = sign * eta
-        log_p = log_p - jax.nn.softplus(signed_eta) * (sign * sign)
-        residual = -sign * jax.nn.sigmoid(signed_eta)
-        S = S + residual
-        T = [t + residual * xk for t, xk in zip(T, x)]
-    store(log_p_ref.at[tile], log_p)
-    store(s_ref.at[tile], S)
-    for k in range(num_covariates):
-        store(t_ref.at[_index(k), tile], T[k])
+            store(t_ref.at[chain, _index(k), tile], T[c][k])
+
+
+def chains_per_program(num_chains: int, num_covariates: int) -> int:
+    """The most chains, dividing ``num_chains``, whose slopes fit ``MAX_CHAIN_COVARIATES``."""
+    fits = [c for c in range(1, num_chains + 1) if num_chains % c == 0 and c * num_covariates <= MAX_CHAIN_COVARIATES]
+    return max(fits, default=1)
+
+
+def _call(intercepts, slopes, X, sign, interpret: bool):
+    """The kernel over (chains, ...) parameters: (chains, pieces) x 2 and (chains, K, pieces)."""
+    num_covariates, _, num_pieces = X.shape
+    num_chains = intercepts.shape[0]
+    chains = chains_per_program(num_chains, num_covariates)
+    per_piece = jax.ShapeDtypeStruct((num_chains, num_pieces), X.dtype)
+    return pl.pallas_call(
+        functools.partial(_kernel, num_pieces=num_pieces, chains=chains),
+        out_shape=(per_piece, per_piece, jax.ShapeDtypeStruct((num_chains, num_covariates, num_pieces), X.dtype)),
+        grid=(pl.cdiv(num_pieces, TILE), num_chains // chains),
+        compiler_params=plgpu.CompilerParams(num_warps=TILE // 32),  # a thread per piece
+        interpret=interpret,
+    )(intercepts, slopes, X, sign)
+
+
+@functools.cache
+def _piece_sums(interpret: bool):
+    """``piece_sums`` for one chain, whose ``vmap`` over chains is one kernel call with a
+    chain axis, so that a program reads its rows of X once for all its chains (with
+    ``jax.vmap``'s own rule for ``pallas_call``, every chain would read X again)."""
+
+    @jax.custom_batching.custom_vmap
+    def piece_sums(intercepts, slopes, X, sign):
+        return tuple(out[0] for out in _call(intercepts[None], slopes[None], X, sign, interpret))
+
+    @piece_sums.def_vmap
+    def batched(axis_size, in_batched, intercepts, slopes, X, sign):
+        args = (intercepts, slopes, X, sign)
+        along = tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched))
+        if in_batched[2] or in_batched[3]:  # data that differ along the batch: one at a time
+            return jax.lax.map(lambda a: piece_sums(*a), along), (True, True, True)
+        return _call(along[0], along[1], X, sign, interpret), (True, True, True)
+
+    return piece_sums
 
 
 def piece_sums(piece_intercepts, piece_slopes, X, sign, *, interpret: bool | None = None):
     """Per piece: the log-likelihood (pieces,), S = sum r (pieces,), T = sum r x (K, pieces).
 
     ``piece_intercepts`` (pieces,) and ``piece_slopes`` (K, pieces) are the piece owners'
-    coefficients, in X's dtype. ``interpret`` defaults to True off a GPU.
+    coefficients, in X's dtype; ``jax.vmap`` over them (chains) gives one kernel with a chain
+    axis. ``interpret`` defaults to True off a GPU.
     """
-    num_covariates, _, num_pieces = X.shape
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
-    per_piece = jax.ShapeDtypeStruct((num_pieces,), X.dtype)
-    return pl.pallas_call(
-        functools.partial(_kernel, num_pieces=num_pieces),
-        out_shape=(per_piece, per_piece, jax.ShapeDtypeStruct((num_covariates, num_pieces), X.dtype)),
-        grid=(pl.cdiv(num_pieces, TILE),),
-        compiler_params=plgpu.CompilerParams(num_warps=TILE // 32),  # a thread per piece
-        interpret=interpret,
-    )(piece_intercepts, piece_slopes, X, sign)
+    return _piece_sums(interpret)(piece_intercepts, piece_slopes, X, sign)
 
 
 def lowers_for_gpu(shapes, device_kind: str = "NVIDIA H100 80GB HBM3") -> str:
     """The Triton module ``piece_sums`` lowers to for ``shapes`` (its four arguments'
-    ShapeDtypeStructs) on ``device_kind``, without that GPU: raises where Triton's lowering
-    would. The PTX compile after it happens on the GPU only."""
+    ShapeDtypeStructs; intercepts of shape (chains, pieces) and slopes (chains, K, pieces)
+    mean ``piece_sums`` vmapped over chains) on ``device_kind``, without that GPU: raises
+    where Triton's lowering would. The PTX compile after it happens on the GPU only."""
+    sums = functools.partial(piece_sums, interpret=False)
+    if len(shapes[0].shape) == 2:
+        sums = jax.vmap(sums, in_axes=(0, 0, None, None))
     device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
     skip = [jax.export.DisabledSafetyCheck.custom_call(plgpu.CUSTOM_CALL_TARGET_NAME)]
     with jax.sharding.use_abstract_mesh(mesh):
-        exported = jax.export.export(jax.jit(functools.partial(piece_sums, interpret=False)), platforms=["cuda"], disabled_checks=skip)(*shapes)
+        exported = jax.export.export(jax.jit(sums), platforms=["cuda"], disabled_checks=skip)(*shapes)
     return exported.mlir_module()
