@@ -125,7 +125,7 @@ def test_cli_runs_every_sampler_and_its_gradient_counts_are_honest(name, tmp_pat
     every warm-up and sampling step."""
     assert set(CHAINS) == set(SAMPLERS)
     fit_module = importlib.import_module("hblogit.fit")  # the attribute hblogit.fit is the function
-    monkeypatch.setattr(fit_module, "make_logdensity", lambda dataset: CountingLogDensity(hblogit.make_logdensity(dataset)))
+    monkeypatch.setattr(fit_module, "make_logdensity", lambda dataset, layout="auto": CountingLogDensity(hblogit.make_logdensity(dataset, layout=layout)))
     chains = CHAINS[name]
     args = ["--preset", "small", "--sampler", name, "--chains", str(chains), "--warmup", "16", "--draws", "8"]
     _COUNT[0] = 0
