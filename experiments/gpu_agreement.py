@@ -24,8 +24,7 @@ from hblogit.presets import PRESETS  # noqa: E402
 
 def value_and_grad_on(device, dataset, params, layout="auto"):
     dataset, params = jax.device_put((dataset, params), device)
-    with jax.default_device(device):
-        value, grad = jax.jit(jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout)))(params)
+    value, grad = jax.jit(jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout)))(params)
     return float(value), np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in grad])
 
 
