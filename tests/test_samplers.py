@@ -168,11 +168,13 @@ def test_meads_refuses_chain_counts_its_folds_cannot_use(chains):
 @pytest.mark.parametrize("name", ["nuts", "hmc"])
 def test_sequential_chains_draw_what_vmapped_chains_draw(name):
     """The chain method changes how the chains are scheduled, not what they draw: the same keys
-    reach the same chains."""
+    reach the same chains. The scale moves are off: their sums over groups round differently
+    under vmap (1e-17), and 60 NUTS transitions amplify that past any tight tolerance."""
     dataset = hblogit.simulate(300, 12, 2, seed=5).dataset()
     draws = {
         method: hblogit.fit(
-            dataset, sampler=name, sampler_options={"chain_method": method}, chains=3, warmup=30, draws=30, seed=1, progress=False
+            dataset, sampler=name, chains=3, warmup=30, draws=30, seed=1, progress=False,
+            sampler_options={"chain_method": method, "interweave": False, "transport": False},
         ).posterior
         for method in ("vmap", "sequential")
     }

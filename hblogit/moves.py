@@ -1,0 +1,218 @@
+"""Moves of the scales that a gradient sampler makes slowly, to interleave with its steps.
+
+Samplers move in the non-centred space (z ~ N(0, 1), group effect c = location + scale * z),
+where a scale and its G z's are tied: the data pin the c's, so a scale moves only as far as
+all G z's move with it. With many groups that is little per step, and the slope scales are
+the slowest mixers of this model (experiments/RESULTS.md). Two moves go straight along the
+directions a step finds hard:
+
+- ``interweave``: hold the c's fixed and draw each scale and location from its conditional,
+  which then is the prior's alone (no likelihood): fast where groups are well informed;
+- ``transport_scales``: propose a new scale and carry every z along with it, as the
+  Gaussian approximation of z | scale, data would (the likelihood linearised per group):
+  fast where groups are weakly informed, as at the post's 10 rows a group.
+
+Each returns the new point and the change of the log-density it targets (the model's), so
+that the caller can check it against the density it samples and reject a move the density
+disagrees with (``WindowAdapted._move``): a density that is not this model's, or one
+that is NaN somewhere, then stays exact. For that check to be a valid Metropolis-Hastings
+step the moves together must be reversible: each draws the order of its parts at random,
+and the sampler applies them as a palindrome (interweave, transport, interweave).
+
+A family is one (location, scale, z column) triple: the intercepts (alpha, sigma_alpha,
+z_alpha) and each slope k (beta_k, sigma_gamma_k, z_gamma[:, k]).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .data import Dataset
+from .model import (
+    PRIOR_SD_ALPHA,
+    PRIOR_SD_BETA,
+    PRIOR_SD_SIGMA_ALPHA,
+    PRIOR_SD_SIGMA_GAMMA,
+    Params,
+    _linear_predictor,
+    _outcome_sign,
+    log_prior,
+)
+
+TRANSPORT_STEP = 2.0  # proposal sd of a log scale, in units of its posterior sd (the mass matrix's)
+
+# Below this many rows a group (on average) the transport move pays for its passes over the
+# rows. Measured on a 2-core CPU with nuts (experiments/RESULTS.md): at 10 rows a group
+# (G = 2,000, K = 4) it raised the slowest scale's ESS per second 2.9x; at 40 (the small
+# preset) the non-centred sampler and interweave already mix the scales, and it cost more
+# time than it gained ESS.
+TRANSPORT_MAX_ROWS_PER_GROUP = 20
+
+
+def transport_pays(dataset: Dataset) -> bool:
+    """Whether the groups are weakly enough informed for ``transport_scales`` to pay."""
+    return dataset.num_obs < TRANSPORT_MAX_ROWS_PER_GROUP * dataset.num_groups
+
+
+def num_groups(params: Params) -> int:
+    return params.z_alpha.shape[-1]
+
+
+class Families(NamedTuple):
+    """Every family side by side: column 0 the intercepts, column 1 + k slope k."""
+
+    location: jax.Array  # (K + 1,)
+    log_scale: jax.Array  # (K + 1,)
+    z: jax.Array  # (G, K + 1)
+
+
+def families(params: Params) -> Families:
+    return Families(
+        jnp.concatenate([params.alpha[None], params.beta]),
+        jnp.concatenate([params.log_sigma_alpha[None], params.log_sigma_gamma]),
+        jnp.concatenate([params.z_alpha[:, None], params.z_gamma], axis=1),
+    )
+
+
+def from_families(f: Families) -> Params:
+    return Params(f.location[0], f.location[1:], f.log_scale[0], f.log_scale[1:], f.z[:, 0], f.z[:, 1:])
+
+
+def _prior_sds(num_covariates: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """Prior sds of the locations and of the scales, per family."""
+    location = jnp.array([PRIOR_SD_ALPHA] + [PRIOR_SD_BETA] * num_covariates, dtype)
+    scale = jnp.array([PRIOR_SD_SIGMA_ALPHA] + [PRIOR_SD_SIGMA_GAMMA] * num_covariates, dtype)
+    return location, scale
+
+
+def _scale_given_centred(key, location, variance, centred, prior_sd_scale):
+    """scale^2 | c, location (every family at once): a generalised inverse Gaussian,
+    proportional to the inverse-gamma((G - 1) / 2, SS / 2) density (SS = sum (c -
+    location)^2) times exp(-scale^2 / (2 prior_sd^2)), the half-normal prior's factor. An
+    independence Metropolis step proposes from the inverse gamma and accepts with that
+    factor's ratio: nearly always, with many groups."""
+    num_groups, dtype = centred.shape[0], centred.dtype
+    key_proposal, key_accept = jax.random.split(key)
+    sum_squares = jnp.sum(jnp.square(centred - location), axis=0)
+    proposal = 0.5 * sum_squares / jax.random.gamma(key_proposal, 0.5 * (num_groups - 1), location.shape, dtype)
+    log_accept = (variance - proposal) / (2 * jnp.square(prior_sd_scale))
+    accept = jnp.log(jax.random.uniform(key_accept, location.shape, dtype)) < log_accept
+    return jnp.where(accept, proposal, variance)
+
+
+def _location_given_centred(key, variance, centred, prior_sd_location):
+    """location | c, scale: normal (normal prior, normal effects)."""
+    num_groups, dtype = centred.shape[0], centred.dtype
+    precision = jnp.square(prior_sd_location) ** -1 + num_groups / variance
+    mean = jnp.sum(centred, axis=0) / variance / precision
+    return mean + jax.random.normal(key, variance.shape, dtype) * jax.lax.rsqrt(precision)
+
+
+def interweave(key, params: Params) -> tuple[Params, jax.Array]:
+    """Scales and locations drawn given the centred effects; returns (point, change of log p).
+
+    With the c's held fixed the likelihood is unchanged, so the conditionals are the prior's:
+    the ancillarity-sufficiency interweaving of Yu and Meng (2011). Scale then location, or
+    location then scale, at random; z is then re-expressed as (c - location) / scale. Costs
+    O(G K), no likelihood. Needs at least two groups.
+    """
+    if num_groups(params) < 2:
+        raise ValueError(f"interweaving needs at least 2 groups, got {num_groups(params)}")
+    f = families(params)
+    prior_sd_location, prior_sd_scale = _prior_sds(params.beta.shape[-1], f.z.dtype)
+    key_order, key_first, key_second = jax.random.split(key, 3)
+    centred = f.location + jnp.exp(f.log_scale) * f.z
+    variance = jnp.exp(2 * f.log_scale)
+
+    def scale_then_location():
+        new_variance = _scale_given_centred(key_first, f.location, variance, centred, prior_sd_scale)
+        return _location_given_centred(key_second, new_variance, centred, prior_sd_location), new_variance
+
+    def location_then_scale():
+        location = _location_given_centred(key_first, variance, centred, prior_sd_location)
+        return location, _scale_given_centred(key_second, location, variance, centred, prior_sd_scale)
+
+    location, variance = jax.lax.cond(jax.random.bernoulli(key_order), scale_then_location, location_then_scale)
+    scale = jnp.sqrt(variance)
+    moved = from_families(Families(location, jnp.log(scale), (centred - location) / scale))
+    return moved, log_prior(moved) - log_prior(params)
+
+
+def transported(z, scale, new_scale, b, h) -> tuple[jax.Array, jax.Array]:
+    """z (G,) carried from ``scale`` to ``new_scale`` through the Gaussian approximation of
+    z | scale (linearised log-likelihood: gradient ``b``, curvature ``h`` per group), and the
+    log-Jacobian of that map. From ``new_scale`` back to ``scale`` it is the inverse map."""
+    precision, new_precision = 1 + jnp.square(scale) * h, 1 + jnp.square(new_scale) * h
+    new_z = new_scale * b / new_precision + jnp.sqrt(precision / new_precision) * (z - scale * b / precision)
+    return new_z, 0.5 * jnp.sum(jnp.log(precision) - jnp.log(new_precision))
+
+
+def transport_scales(key, params: Params, data: Dataset, log_scale_sds: jax.Array) -> tuple[Params, jax.Array]:
+    """A Metropolis update of every family's scale, in random order, that carries its z's.
+
+    For family k, with the other coordinates fixed, linearise each group's log-likelihood in
+    its effect c_g at c_g = location (z_g = 0): gradient b_g and curvature h_g >= 0 from its
+    rows. Under that quadratic, z_g | scale s is normal with precision P_g(s) = 1 + s^2 h_g
+    and mean m_g(s) = s b_g / P_g(s). A proposed s' = s exp(delta), delta ~ N(0, tau^2),
+    takes every z_g to m_g(s') + sqrt(P_g(s) / P_g(s')) (z_g - m_g(s)): exact for a Gaussian
+    likelihood, so the scale moves as its marginal would, not as its narrow conditional
+    given the z's. b and h do not depend on the family's own scale or z's, so the map's
+    inverse is the same map with -delta; its log-Jacobian is sum_g log sqrt(P_g(s) /
+    P_g(s')), and the exact log-density (the likelihood through the rows' linear predictor,
+    kept up to date across families) decides acceptance.
+
+    ``log_scale_sds`` (K + 1,): the posterior sd of each log scale (intercepts first), which
+    sets tau = ``TRANSPORT_STEP`` sds. Costs a few O(N) passes per family, no gradient.
+    """
+    f = families(params)
+    dtype = f.z.dtype
+    num_groups, num_families = f.z.shape
+    _, prior_sd_scale = _prior_sds(num_families - 1, dtype)
+    outcome = data.y.astype(dtype)
+    sign = _outcome_sign(data).astype(dtype)
+    segment = dict(segment_ids=data.group_idx, num_segments=num_groups, indices_are_sorted=True)
+
+    def column(k):
+        slope = jax.lax.dynamic_index_in_dim(data.X, jnp.maximum(k - 1, 0), axis=1, keepdims=False)
+        return jnp.where(k == 0, jnp.ones_like(slope), slope).astype(dtype)
+
+    def log_likelihood(eta):
+        return -jnp.sum(jax.nn.softplus(sign * eta))
+
+    def update_family(carry, inputs):
+        z, log_scale, eta, log_lik, change = carry
+        k, key = inputs
+        key_delta, key_accept = jax.random.split(key)
+        x = column(k)
+        scale, z_k = jnp.exp(log_scale[k]), z[:, k]
+        eta_without = eta - x * (scale * z_k)[data.group_idx]
+        p = jax.nn.sigmoid(eta_without)
+        b, h = jax.ops.segment_sum(jnp.stack([(outcome - p) * x, p * (1 - p) * jnp.square(x)], axis=1), **segment).T
+        delta = log_scale_sds[k] * TRANSPORT_STEP * jax.random.normal(key_delta, (), dtype)
+        new_scale = scale * jnp.exp(delta)
+        new_z_k, log_jacobian = transported(z_k, scale, new_scale, b, h)
+        new_eta = eta_without + x * (new_scale * new_z_k)[data.group_idx]
+        new_log_lik = log_likelihood(new_eta)
+        log_density_change = (
+            new_log_lik
+            - log_lik
+            - 0.5 * jnp.sum(jnp.square(new_z_k) - jnp.square(z_k))
+            - 0.5 * (jnp.square(new_scale) - jnp.square(scale)) / jnp.square(prior_sd_scale[k])
+            + delta  # the half-normal prior of the scale on the log scale, Jacobian included
+        )
+        accept = jnp.log(jax.random.uniform(key_accept, (), dtype)) < log_density_change + log_jacobian
+        z = z.at[:, k].set(jnp.where(accept, new_z_k, z_k))
+        log_scale = jnp.where(accept, log_scale.at[k].add(delta), log_scale)
+        eta = jnp.where(accept, new_eta, eta)
+        log_lik = jnp.where(accept, new_log_lik, log_lik)
+        return (z, log_scale, eta, log_lik, change + jnp.where(accept, log_density_change, 0)), None
+
+    key_order, key_moves = jax.random.split(key)
+    order = jax.random.permutation(key_order, num_families)
+    eta = _linear_predictor(params, data).astype(dtype)
+    start = (f.z, f.log_scale, eta, log_likelihood(eta), jnp.zeros((), dtype))
+    (z, log_scale, _, _, change), _ = jax.lax.scan(update_family, start, (order, jax.random.split(key_moves, num_families)))
+    return from_families(Families(f.location, log_scale, z)), change

@@ -1,0 +1,145 @@
+"""The scale moves (``hblogit.moves``): what each keeps, that each claims the density change
+it makes, that they leave the model invariant, and how the samplers take them."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hblogit
+from hblogit import model, moves
+from hblogit.model import Params
+from tests.test_fit import assert_agrees_with_reference, reference  # noqa: F401  (fixture)
+
+NUM_DRAWS = 20_000
+
+
+def prior_draws(key, num_draws, num_groups, num_covariates) -> Params:
+    """Independent draws of the prior, on the unconstrained scale."""
+    keys = jax.random.split(key, 6)
+    normal = lambda k, shape: jax.random.normal(k, (num_draws, *shape))  # noqa: E731
+    return Params(
+        alpha=model.PRIOR_SD_ALPHA * normal(keys[0], ()),
+        beta=model.PRIOR_SD_BETA * normal(keys[1], (num_covariates,)),
+        log_sigma_alpha=jnp.log(model.PRIOR_SD_SIGMA_ALPHA * jnp.abs(normal(keys[2], ()))),
+        log_sigma_gamma=jnp.log(model.PRIOR_SD_SIGMA_GAMMA * jnp.abs(normal(keys[3], (num_covariates,)))),
+        z_alpha=normal(keys[4], (num_groups,)),
+        z_gamma=normal(keys[5], (num_groups, num_covariates)),
+    )
+
+
+def moved(key, params: Params, times: int) -> Params:
+    for k in jax.random.split(key, times):
+        params, _ = jax.vmap(moves.interweave)(jax.random.split(k, params.alpha.shape[0]), params)
+    return params
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    data = hblogit.simulate(400, 20, 3, seed=4).dataset().astype(jnp.float64)
+    return data, hblogit.init_params(jax.random.key(0), data, radius=1.0)
+
+
+def test_interweave_keeps_the_centred_effects_and_claims_the_density_change(small_problem):
+    data, params = small_problem
+    after, claimed = moves.interweave(jax.random.key(1), params)
+    before_c, after_c = model.constrain(params), model.constrain(after)
+    np.testing.assert_allclose(params.alpha + before_c.alpha_group, after.alpha + after_c.alpha_group, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(params.beta + before_c.gamma_group, after.beta + after_c.gamma_group, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.log_likelihood(after, data), model.log_likelihood(params, data), rtol=1e-12)
+    density = hblogit.make_logdensity(data)
+    np.testing.assert_allclose(density(after) - density(params), claimed, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(after.log_sigma_gamma, params.log_sigma_gamma)
+    assert not np.allclose(after.beta, params.beta)
+
+
+def test_transport_claims_the_density_change_and_keeps_the_locations(small_problem):
+    data, params = small_problem
+    sds = jnp.full(1 + data.num_covariates, 0.3)
+    changed = 0
+    for seed in range(5):
+        after, claimed = moves.transport_scales(jax.random.key(seed), params, data, sds)
+        density = hblogit.make_logdensity(data)
+        np.testing.assert_allclose(density(after) - density(params), claimed, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(after.alpha, params.alpha)
+        np.testing.assert_array_equal(after.beta, params.beta)
+        changed += int(np.sum(np.asarray(after.log_sigma_gamma) != np.asarray(params.log_sigma_gamma)))
+    assert changed > 0  # some proposals were accepted
+
+
+def test_transported_map_is_its_own_inverse_with_the_right_jacobian():
+    key_z, key_b, key_h = jax.random.split(jax.random.key(0), 3)
+    z, b = jax.random.normal(key_z, (7,)), jax.random.normal(key_b, (7,))
+    h = jnp.abs(jax.random.normal(key_h, (7,))) * jnp.array([0, 0.1, 1, 3, 10, 100, 1000])
+    b = jnp.where(h > 0, b, 0.0)  # a group without rows has neither
+    new_z, log_jacobian = moves.transported(z, 0.4, 0.7, b, h)
+    back, back_log_jacobian = moves.transported(new_z, 0.7, 0.4, b, h)
+    np.testing.assert_allclose(back, z, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(back_log_jacobian, -log_jacobian, rtol=1e-12)
+    jacobian = jax.jacobian(lambda z: moves.transported(z, 0.4, 0.7, b, h)[0])(z)
+    np.testing.assert_allclose(jnp.linalg.slogdet(jacobian)[1], log_jacobian, rtol=1e-12)
+    assert new_z[0] == z[0]  # a group without rows keeps its z, as the non-centred sampler would
+
+
+def test_interweave_leaves_the_prior_invariant():
+    """With no rows the posterior is the prior: exact prior draws, moved, must still be prior
+    draws. Each statistic's mean is compared with its exact value within 4.5 Monte Carlo
+    standard errors (the draws are independent)."""
+    num_groups, num_covariates = 3, 2  # few groups: the move is large
+    start = prior_draws(jax.random.key(0), NUM_DRAWS, num_groups, num_covariates)
+    after = moved(jax.random.key(1), start, times=3)
+    sigma_alpha, sigma_gamma = jnp.exp(after.log_sigma_alpha), jnp.exp(after.log_sigma_gamma)
+    half_normal_mean = math.sqrt(2 / math.pi)
+    statistics = {  # name: (per-draw values, exact expectation under the prior)
+        "alpha": (after.alpha, 0.0),
+        "alpha^2": (after.alpha**2, model.PRIOR_SD_ALPHA**2),
+        "beta": (after.beta, 0.0),
+        "beta^2": (after.beta**2, model.PRIOR_SD_BETA**2),
+        "sigma_alpha": (sigma_alpha, model.PRIOR_SD_SIGMA_ALPHA * half_normal_mean),
+        "sigma_alpha^2": (sigma_alpha**2, model.PRIOR_SD_SIGMA_ALPHA**2),
+        "sigma_gamma": (sigma_gamma, model.PRIOR_SD_SIGMA_GAMMA * half_normal_mean),
+        "sigma_gamma^2": (sigma_gamma**2, model.PRIOR_SD_SIGMA_GAMMA**2),
+        "z_alpha": (after.z_alpha, 0.0),
+        "z_alpha^2": (after.z_alpha**2, 1.0),
+        "z_gamma^2": (after.z_gamma**2, 1.0),
+        "alpha z_alpha": (after.alpha[:, None] * after.z_alpha, 0.0),
+    }
+    for name, (values, expected) in statistics.items():
+        values = np.asarray(values).reshape(NUM_DRAWS, -1)
+        z_scores = (values.mean(0) - expected) / (values.std(0) / math.sqrt(NUM_DRAWS))
+        assert np.all(np.abs(z_scores) < 4.5), (name, z_scores)
+    # and the move did move: the scales decorrelate from their starting values
+    correlation = np.corrcoef(np.asarray(start.log_sigma_gamma[:, 0]), np.asarray(after.log_sigma_gamma[:, 0]))[0, 1]
+    assert correlation < 0.9
+
+
+def test_interweave_refuses_a_single_group():
+    params = prior_draws(jax.random.key(0), 1, 1, 2)
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        moves.interweave(jax.random.key(1), jax.tree.map(lambda p: p[0], params))
+
+
+@pytest.mark.parametrize("options", [{"interweave": False, "transport": False}, {"interweave": False, "transport": True}])
+def test_nuts_with_each_move_alone_agrees_with_pymc_reference(options, reference):  # noqa: F811
+    """nuts and hmc take both moves by default (checked by tests/test_fit.py and
+    test_samplers.py); here the plain kernel, and the transport alone."""
+    idata = hblogit.fit(reference.data.dataset(), chains=4, warmup=400, draws=400, seed=5, progress=False, sampler_options=options)
+    assert_agrees_with_reference(idata, reference)
+
+
+@pytest.mark.parametrize("options, match", [({"interweave": "yes"}, "interweave"), ({"transport": 1}, "transport")])
+def test_move_options_must_be_booleans(options, match):
+    with pytest.raises(ValueError, match=match):
+        hblogit.samplers.get_sampler("nuts", **options)
+
+
+def test_transport_asked_for_on_a_sharded_density_says_why(small_problem):
+    from hblogit import runner, sharding
+
+    data, _ = small_problem
+    density = sharding.make_sharded_logdensity(data, 1)
+    config = runner.RunConfig(chains=1, warmup=2, draws=2, progress=False, init_steps=0)
+    with pytest.raises(ValueError, match="transport needs the data's rows on one device"):
+        runner.run(hblogit.samplers.get_sampler("nuts", transport=True), density, config, dtype=jnp.float64)
