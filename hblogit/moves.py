@@ -16,8 +16,9 @@ Each returns the new point and the change of the log-density it targets (the mod
 that the caller can check it against the density it samples and reject a move the density
 disagrees with (``WindowAdapted._move``): a density that is not this model's, or one
 that is NaN somewhere, then stays exact. For that check to be a valid Metropolis-Hastings
-step the moves together must be reversible: each draws the order of its parts at random,
-and the sampler applies them as a palindrome (interweave, transport, interweave).
+step the moves together must be reversible: each is a palindrome of reversible steps or
+draws their order at random, and the sampler applies them as a palindrome (interweave,
+transport, interweave).
 
 A family is one (location, scale, z column) triple: the intercepts (alpha, sigma_alpha,
 z_alpha) and each slope k (beta_k, sigma_gamma_k, z_gamma[:, k]).
@@ -92,12 +93,14 @@ def _scale_given_centred(key, location, variance, centred, prior_sd_scale):
     """scale^2 | c, location (every family at once): a generalised inverse Gaussian,
     proportional to the inverse-gamma((G - 1) / 2, SS / 2) density (SS = sum (c -
     location)^2) times exp(-scale^2 / (2 prior_sd^2)), the half-normal prior's factor. An
-    independence Metropolis step proposes from the inverse gamma and accepts with that
-    factor's ratio: nearly always, with many groups."""
+    independence Metropolis step proposes SS / chi^2_(G-1), that inverse gamma, and accepts
+    with that factor's ratio: nearly always, with many groups. The chi-square is a sum of
+    G - 1 squared normals (exact, and cheap to compile, unlike ``jax.random.gamma``'s loop)."""
     num_groups, dtype = centred.shape[0], centred.dtype
     key_proposal, key_accept = jax.random.split(key)
     sum_squares = jnp.sum(jnp.square(centred - location), axis=0)
-    proposal = 0.5 * sum_squares / jax.random.gamma(key_proposal, 0.5 * (num_groups - 1), location.shape, dtype)
+    chi_square = jnp.sum(jnp.square(jax.random.normal(key_proposal, (num_groups - 1, *location.shape), dtype)), axis=0)
+    proposal = sum_squares / chi_square
     log_accept = (variance - proposal) / (2 * jnp.square(prior_sd_scale))
     accept = jnp.log(jax.random.uniform(key_accept, location.shape, dtype)) < log_accept
     return jnp.where(accept, proposal, variance)
@@ -115,27 +118,20 @@ def interweave(key, params: Params) -> tuple[Params, jax.Array]:
     """Scales and locations drawn given the centred effects; returns (point, change of log p).
 
     With the c's held fixed the likelihood is unchanged, so the conditionals are the prior's:
-    the ancillarity-sufficiency interweaving of Yu and Meng (2011). Scale then location, or
-    location then scale, at random; z is then re-expressed as (c - location) / scale. Costs
-    O(G K), no likelihood. Needs at least two groups.
+    the ancillarity-sufficiency interweaving of Yu and Meng (2011). Scale, location, scale
+    (a palindrome of reversible steps, so reversible); z is then re-expressed as (c -
+    location) / scale. Costs O(G K), no likelihood. Needs at least two groups.
     """
     if num_groups(params) < 2:
         raise ValueError(f"interweaving needs at least 2 groups, got {num_groups(params)}")
     f = families(params)
     prior_sd_location, prior_sd_scale = _prior_sds(params.beta.shape[-1], f.z.dtype)
-    key_order, key_first, key_second = jax.random.split(key, 3)
+    key_first, key_location, key_last = jax.random.split(key, 3)
     centred = f.location + jnp.exp(f.log_scale) * f.z
     variance = jnp.exp(2 * f.log_scale)
-
-    def scale_then_location():
-        new_variance = _scale_given_centred(key_first, f.location, variance, centred, prior_sd_scale)
-        return _location_given_centred(key_second, new_variance, centred, prior_sd_location), new_variance
-
-    def location_then_scale():
-        location = _location_given_centred(key_first, variance, centred, prior_sd_location)
-        return location, _scale_given_centred(key_second, location, variance, centred, prior_sd_scale)
-
-    location, variance = jax.lax.cond(jax.random.bernoulli(key_order), scale_then_location, location_then_scale)
+    variance = _scale_given_centred(key_first, f.location, variance, centred, prior_sd_scale)
+    location = _location_given_centred(key_location, variance, centred, prior_sd_location)
+    variance = _scale_given_centred(key_last, location, variance, centred, prior_sd_scale)
     scale = jnp.sqrt(variance)
     moved = from_families(Families(location, jnp.log(scale), (centred - location) / scale))
     return moved, log_prior(moved) - log_prior(params)
