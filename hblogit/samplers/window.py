@@ -116,7 +116,7 @@ class WindowAdapted(eqx.Module):
     approximation of z | scale. Together they cost one gradient
     per transition (to refresh the chain state) and a few O(N) passes per scale. On the seed's
     10 rows a group (CPU size) they raised the slowest scale's ESS per gradient several times;
-    on the small preset the smallest bulk ESS from 1,179 to 1,858 with interweave alone
+    on the small preset the smallest bulk ESS from 1,179 to 1,758 with interweave alone
     (experiments/RESULTS.md).
     """
 
