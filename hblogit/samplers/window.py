@@ -113,11 +113,10 @@ class WindowAdapted(eqx.Module):
     ``transport`` (default null: where groups have fewer than 20 rows on average and the
     density has its rows on one device, i.e. is not sharded; true insists, false turns it
     off): a Metropolis move of each scale that carries its z's along the Gaussian
-    approximation of z | scale. Together they cost one gradient
-    per transition (to refresh the chain state) and a few O(N) passes per scale. On the seed's
-    10 rows a group (CPU size) they raised the slowest scale's ESS per gradient several times;
-    on the small preset the smallest bulk ESS from 1,179 to 1,758 with interweave alone
-    (experiments/RESULTS.md).
+    approximation of z | scale. Together they cost one gradient per transition (to refresh
+    the chain state) and a few O(N) passes per scale. At the seed's 10 rows a group (CPU
+    size) they raised the slowest scale's ESS per gradient 4x; on the small preset
+    interweave alone raised the smallest bulk ESS from 1,179 to 1,758 (experiments/RESULTS.md).
     """
 
     target_acceptance_rate: float = eqx.field(static=True, default=0.8)
