@@ -10,23 +10,28 @@ import pytest
 
 import hblogit
 from hblogit import model, moves
+from hblogit.data import Truth
 from hblogit.model import Params
+from hblogit.sbc import draw_prior
 from tests.test_fit import assert_agrees_with_reference, reference  # noqa: F401  (fixture)
 
 NUM_DRAWS = 20_000
 
 
-def prior_draws(key, num_draws, num_groups, num_covariates) -> Params:
-    """Independent draws of the prior, on the unconstrained scale."""
-    keys = jax.random.split(key, 6)
-    normal = lambda k, shape: jax.random.normal(k, (num_draws, *shape))  # noqa: E731
-    return Params(
-        alpha=model.PRIOR_SD_ALPHA * normal(keys[0], ()),
-        beta=model.PRIOR_SD_BETA * normal(keys[1], (num_covariates,)),
-        log_sigma_alpha=jnp.log(model.PRIOR_SD_SIGMA_ALPHA * jnp.abs(normal(keys[2], ()))),
-        log_sigma_gamma=jnp.log(model.PRIOR_SD_SIGMA_GAMMA * jnp.abs(normal(keys[3], (num_covariates,)))),
-        z_alpha=normal(keys[4], (num_groups,)),
-        z_gamma=normal(keys[5], (num_groups, num_covariates)),
+def prior_draws(seed, num_draws, num_groups, num_covariates) -> Params:
+    """Independent draws of the prior (``hblogit.sbc.draw_prior``), on the unconstrained scale."""
+    rng = np.random.default_rng(seed)
+    draws = Truth(*map(np.stack, zip(*(draw_prior(rng, num_groups, num_covariates) for _ in range(num_draws)))))
+    return jax.tree.map(
+        jnp.asarray,
+        Params(
+            alpha=draws.alpha,
+            beta=draws.beta,
+            log_sigma_alpha=np.log(draws.sigma_alpha),
+            log_sigma_gamma=np.log(draws.sigma_gamma),
+            z_alpha=draws.alpha_group / draws.sigma_alpha[:, None],
+            z_gamma=draws.gamma_group / draws.sigma_gamma[:, None, :],
+        ),
     )
 
 
@@ -88,7 +93,7 @@ def test_interweave_leaves_the_prior_invariant():
     draws. Each statistic's mean is compared with its exact value within 4.5 Monte Carlo
     standard errors (the draws are independent)."""
     num_groups, num_covariates = 3, 2  # few groups: the move is large
-    start = prior_draws(jax.random.key(0), NUM_DRAWS, num_groups, num_covariates)
+    start = prior_draws(0, NUM_DRAWS, num_groups, num_covariates)
     after = moved(jax.random.key(1), start, times=3)
     sigma_alpha, sigma_gamma = jnp.exp(after.log_sigma_alpha), jnp.exp(after.log_sigma_gamma)
     half_normal_mean = math.sqrt(2 / math.pi)
@@ -116,7 +121,7 @@ def test_interweave_leaves_the_prior_invariant():
 
 
 def test_interweave_refuses_a_single_group():
-    params = prior_draws(jax.random.key(0), 1, 1, 2)
+    params = prior_draws(0, 1, 1, 2)
     with pytest.raises(ValueError, match="at least 2 groups"):
         moves.interweave(jax.random.key(1), jax.tree.map(lambda p: p[0], params))
 
