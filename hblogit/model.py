@@ -126,10 +126,14 @@ def _accumulate_dtype(params: Params):
     return jnp.result_type(params.z_gamma)
 
 
+def log_likelihood_of_eta(eta: jax.Array, data: Dataset, accumulate) -> jax.Array:
+    """sum_i log p(y_i | eta_i), summed in ``accumulate``, for the rows' linear predictor."""
+    return jnp.sum(-jax.nn.softplus(_outcome_sign(data) * eta), dtype=accumulate)
+
+
 def log_likelihood_autodiff(params: Params, data: Dataset) -> jax.Array:
     """The Bernoulli log-likelihood with JAX's own gradient: the check on the hand-written one."""
-    eta = _linear_predictor(params, data)
-    return jnp.sum(-jax.nn.softplus(_outcome_sign(data) * eta), dtype=_accumulate_dtype(params))
+    return log_likelihood_of_eta(_linear_predictor(params, data), data, _accumulate_dtype(params))
 
 
 def _grad_from_sums(params: Params, S: jax.Array, T: jax.Array) -> Params:

@@ -39,7 +39,7 @@ from .model import (
     PRIOR_SD_SIGMA_GAMMA,
     Params,
     _linear_predictor,
-    _outcome_sign,
+    log_likelihood_of_eta,
     log_prior,
 )
 
@@ -168,7 +168,6 @@ def transport_scales(key, params: Params, data: Dataset, log_scale_sds: jax.Arra
     num_groups, num_families = f.z.shape
     _, prior_sd_scale = _prior_sds(num_families - 1, dtype)
     outcome = data.y.astype(dtype)
-    sign = _outcome_sign(data).astype(dtype)
     segment = dict(segment_ids=data.group_idx, num_segments=num_groups, indices_are_sorted=True)
 
     def column(k):
@@ -176,7 +175,7 @@ def transport_scales(key, params: Params, data: Dataset, log_scale_sds: jax.Arra
         return jnp.where(k == 0, jnp.ones_like(slope), slope).astype(dtype)
 
     def log_likelihood(eta):
-        return -jnp.sum(jax.nn.softplus(sign * eta))
+        return log_likelihood_of_eta(eta, data, dtype)
 
     def update_family(carry, inputs):
         z, log_scale, eta, log_lik, change = carry
