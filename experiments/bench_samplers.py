@@ -1,13 +1,17 @@
 """Which sampler converges fastest: every registered sampler on the same data.
 
-    python experiments/bench_samplers.py [--problem reference-small|preset] [--preset small]
-        [--samplers nuts,hmc,...] [--chains 8] [--warmup 1000] [--draws 1000]
-        [--thin NAME=K ...] [--seed 0] [--out DIR]
+    python experiments/bench_samplers.py [--problem reference-small|preset|simulate] [--preset small]
+        [--num-obs N --num-groups G --num-covariates K] [--samplers nuts,hmc,...]
+        [--chains 8] [--warmup 1000] [--draws 1000] [--thin NAME=K ...] [--seed 0] [--out DIR]
 
 Problems: ``reference-small`` (default) fits the dataset of the committed PyMC reference
 posterior (``reference/posterior_small.json``) and compares the posterior means with its
-moments; ``preset`` fits ``hblogit.presets.PRESETS[--preset]`` (no reference: the error
-column is empty).
+moments; ``preset`` fits ``hblogit.presets.PRESETS[--preset]``, ``simulate`` the post's
+generator at ``--num-obs``, ``--num-groups``, ``--num-covariates`` (seed 827), e.g. the
+post's 10 rows a group at a CPU's size (no reference for either: the error column is empty).
+
+A sampler may carry options, ``NAME:KEY=VALUE:KEY=VALUE`` (as ``--sampler-opt``), to
+compare settings of one sampler: ``--samplers nuts:transport=false,nuts``.
 
 Every sampler gets the same chains, warm-up steps and kept draws. Samplers whose step costs
 one or two gradients keep one draw every K steps (``--thin``, defaults in THIN) so that a
@@ -60,9 +64,14 @@ COLUMNS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problem", choices=["reference-small", "preset"], default="reference-small")
+    parser.add_argument("--problem", choices=["reference-small", "preset", "simulate"], default="reference-small")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="with --problem preset")
-    parser.add_argument("--samplers", default=",".join(sorted(SAMPLERS)), help="comma-separated (default: all)")
+    parser.add_argument("--num-obs", type=int, default=20_000, help="with --problem simulate")
+    parser.add_argument("--num-groups", type=int, default=2_000, help="with --problem simulate")
+    parser.add_argument("--num-covariates", type=int, default=4, help="with --problem simulate")
+    parser.add_argument(
+        "--samplers", default=",".join(sorted(SAMPLERS)), help="comma-separated, each NAME[:KEY=VALUE...] (default: all)"
+    )
     parser.add_argument("--chains", type=int, default=8, help="a multiple of 4, for meads (default: 8)")
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=1000, help="kept draws per chain")
@@ -79,7 +88,16 @@ def problem(args):
 
         reference = load_reference("small")
         return reference.data.dataset(), reference.moments, f"reference-small {reference.spec}"
+    if args.problem == "simulate":
+        shape = dict(num_obs=args.num_obs, num_groups=args.num_groups, num_covariates=args.num_covariates)
+        return hblogit.simulate(**shape, seed=827).dataset(), None, f"simulate {shape}"
     return hblogit.simulate(**PRESETS[args.preset]).dataset(), None, f"preset {args.preset} {PRESETS[args.preset]}"
+
+
+def sampler_spec(spec: str) -> tuple[str, dict]:
+    """``"nuts:transport=false"`` -> ("nuts", {"transport": False})."""
+    name, *options = spec.split(":")
+    return name, parse_sampler_options(options)
 
 
 def max_abs_z(idata, moments) -> float:
@@ -151,10 +169,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"{description}; chains {args.chains}, warm-up {args.warmup}, draws {args.draws}, thin {thin}", flush=True)
     rows = []
-    for name in args.samplers.split(","):
+    for spec in args.samplers.split(","):
+        name, options = sampler_spec(spec)
         idata = hblogit.fit(
             dataset,
             sampler=name,
+            sampler_options=options,
             chains=args.chains,
             warmup=args.warmup,
             draws=args.draws,
@@ -162,7 +182,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             progress=False,
         )
-        rows.append(row(name, idata, moments))
+        rows.append(row(spec, idata, moments))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     table = markdown(rows)
     (out / "table.md").write_text(table + "\n")

@@ -162,8 +162,11 @@ def transported(z, scale, new_scale, b, h) -> tuple[jax.Array, jax.Array]:
     return new_z, 0.5 * jnp.sum(jnp.log(precision) - jnp.log(new_precision))
 
 
-def transport_scales(key, params: Params, data: Dataset, log_scale_sds: jax.Array) -> tuple[Params, jax.Array]:
-    """A Metropolis update of every family's scale, in random order, that carries its z's.
+def transport_scales(
+    key, params: Params, data: Dataset, log_scale_sds: jax.Array, *, passes: int = 1
+) -> tuple[Params, jax.Array]:
+    """A Metropolis update of every family's scale, in random order, that carries its z's;
+    ``passes`` times over, each pass in a new random order.
 
     For family k, with the other coordinates fixed, linearise each group's log-likelihood in
     its effect c_g at c_g = location (z_g = 0): gradient b_g and curvature h_g >= 0 from its
@@ -177,8 +180,12 @@ def transport_scales(key, params: Params, data: Dataset, log_scale_sds: jax.Arra
     kept up to date across families) decides acceptance.
 
     ``log_scale_sds`` (K + 1,): the posterior sd of each log scale (intercepts first), which
-    sets tau = ``TRANSPORT_STEP`` sds. Costs a few O(N) passes per family, no gradient.
+    sets tau = ``TRANSPORT_STEP`` sds. Costs a few O(N) passes over the rows per family and
+    pass, no gradient. Independent random orders make the sequence of updates as likely
+    forwards as backwards, so the whole is reversible, for any number of passes.
     """
+    if int(passes) != passes or passes < 1:
+        raise ValueError(f"passes must be a positive integer, got {passes!r}")
     f = families(params)
     dtype, row_dtype = f.z.dtype, data.X.dtype  # per-row work in the data's dtype, sums in the parameters', as the model
     num_groups, num_families = f.z.shape
@@ -222,8 +229,9 @@ def transport_scales(key, params: Params, data: Dataset, log_scale_sds: jax.Arra
         return (z, log_scale, eta, log_lik, change + jnp.where(accept, log_density_change, 0)), None
 
     key_order, key_moves = jax.random.split(key)
-    order = jax.random.permutation(key_order, num_families)
+    orders = jax.vmap(lambda k: jax.random.permutation(k, num_families))(jax.random.split(key_order, passes))
+    order = orders.reshape(-1)
     eta = _linear_predictor(params, data)
     start = (f.z, f.log_scale, eta, log_likelihood_of_eta(eta, data, dtype), jnp.zeros((), dtype))
-    (z, log_scale, _, _, change), _ = jax.lax.scan(update_family, start, (order, jax.random.split(key_moves, num_families)))
+    (z, log_scale, _, _, change), _ = jax.lax.scan(update_family, start, (order, jax.random.split(key_moves, order.shape[0])))
     return from_families(Families(f.location, log_scale, z)), change

@@ -60,8 +60,8 @@ def test_interweave_keeps_the_centred_effects_and_claims_the_density_change(smal
     assert not np.allclose(after.beta, params.beta)
 
 
-@pytest.mark.parametrize("rows, tolerance", [(jnp.float64, 1e-9), (jnp.float32, 1e-4)])
-def test_transport_claims_the_density_change_and_keeps_the_locations(small_problem, rows, tolerance):
+@pytest.mark.parametrize("rows, tolerance, passes", [(jnp.float64, 1e-9, 1), (jnp.float32, 1e-4, 3)])
+def test_transport_claims_the_density_change_and_keeps_the_locations(small_problem, rows, tolerance, passes):
     """Float32 rows are the mixed precision: per-row work in float32, sums in float64, as in
     the model, so the claim agrees to float32 rounding of the 400 rows' terms."""
     data, params = small_problem
@@ -70,7 +70,7 @@ def test_transport_claims_the_density_change_and_keeps_the_locations(small_probl
     density = hblogit.make_logdensity(data)
     changed = 0
     for seed in range(5):
-        after, claimed = moves.transport_scales(jax.random.key(seed), params, data, sds)
+        after, claimed = moves.transport_scales(jax.random.key(seed), params, data, sds, passes=passes)
         np.testing.assert_allclose(density(after) - density(params), claimed, rtol=tolerance, atol=tolerance)
         np.testing.assert_array_equal(after.alpha, params.alpha)
         np.testing.assert_array_equal(after.beta, params.beta)
@@ -139,8 +139,17 @@ def test_nuts_with_both_moves_agrees_with_pymc_reference(reference):  # noqa: F8
     assert_agrees_with_reference(idata, reference)
 
 
-@pytest.mark.parametrize("options, match", [({"interweave": "yes"}, "interweave"), ({"transport": 1}, "transport")])
-def test_move_options_must_be_booleans(options, match):
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"interweave": "yes"}, "interweave"),
+        ({"transport": 1}, "transport"),
+        ({"transport_passes": 0}, "transport_passes"),
+        ({"transport_passes": True}, "transport_passes"),
+        ({"transport_passes": 2.5}, "transport_passes"),
+    ],
+)
+def test_move_options_are_validated(options, match):
     with pytest.raises(ValueError, match=match):
         hblogit.samplers.get_sampler("nuts", **options)
 

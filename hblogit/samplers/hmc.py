@@ -25,8 +25,8 @@ class HMC(WindowAdapted):
     nuts' median ``n_steps`` there, typically 31-63), ``target_acceptance_rate`` (default
     0.8), ``initial_step_size`` (default 1.0), ``chain_method`` (``"auto"`` is ``"vmap"``:
     a fixed-length trajectory has no while loop to copy carries through, and vmapped chains
-    share their reads of the data; ``"sequential"`` also works), ``interweave`` and
-    ``transport`` (the scale moves: see ``WindowAdapted``).
+    share their reads of the data; ``"sequential"`` also works), ``interweave``,
+    ``transport`` and ``transport_passes`` (the scale moves: see ``WindowAdapted``).
     """
 
     num_integration_steps: int = eqx.field(static=True, default=16)

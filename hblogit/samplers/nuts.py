@@ -25,8 +25,8 @@ class NUTS(WindowAdapted):
 
     Options: ``max_num_doublings`` (tree depth limit, default 10), ``target_acceptance_rate``
     (default 0.8), ``initial_step_size`` (default 1.0, as BlackJAX), ``chain_method``
-    (``"auto"``, ``"vmap"`` or ``"sequential"``), ``interweave`` and ``transport`` (the scale moves: see
-    ``WindowAdapted``).
+    (``"auto"``, ``"vmap"`` or ``"sequential"``), ``interweave``, ``transport`` and
+    ``transport_passes`` (the scale moves: see ``WindowAdapted``).
 
     Chains: BlackJAX's iterative NUTS carries its U-turn checkpoints, two (max_num_doublings,
     d) arrays, through while loops. Vmapped, each loop iteration copies them for every chain
