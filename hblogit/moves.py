@@ -26,6 +26,7 @@ z_alpha) and each slope k (beta_k, sigma_gamma_k, z_gamma[:, k]).
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -57,6 +58,12 @@ TRANSPORT_MAX_ROWS_PER_GROUP = 20
 def transport_pays(dataset: Dataset) -> bool:
     """Whether the groups are weakly enough informed for ``transport_scales`` to pay."""
     return dataset.num_obs < TRANSPORT_MAX_ROWS_PER_GROUP * dataset.num_groups
+
+
+def check_passes(passes, name: str = "passes") -> None:
+    """Raise unless ``passes`` is a positive integer (a bool is not one)."""
+    if isinstance(passes, bool) or not isinstance(passes, numbers.Integral) or passes < 1:
+        raise ValueError(f"{name} must be a positive integer, got {passes!r}")
 
 
 def num_groups(params: Params) -> int:
@@ -184,13 +191,11 @@ def transport_scales(
     pass, no gradient. Independent random orders make the sequence of updates as likely
     forwards as backwards, so the whole is reversible, for any number of passes.
     """
-    if int(passes) != passes or passes < 1:
-        raise ValueError(f"passes must be a positive integer, got {passes!r}")
+    check_passes(passes)
     f = families(params)
     dtype, row_dtype = f.z.dtype, data.X.dtype  # per-row work in the data's dtype, sums in the parameters', as the model
     num_groups, num_families = f.z.shape
     _, prior_sd_scale = _prior_sds(num_families - 1, dtype)
-    outcome = data.y.astype(row_dtype)
     segment = dict(segment_ids=data.group_idx, num_segments=num_groups, indices_are_sorted=True)
     # Every family's covariate as a row of one (K + 1, N) array: reading a column of the
     # row-major X would pass over all of X, once per family.
@@ -207,7 +212,7 @@ def transport_scales(
         scale, z_k = jnp.exp(log_scale[k]), z[:, k]
         eta_without = eta - x * to_rows(scale * z_k)
         p = jax.nn.sigmoid(eta_without)
-        sums = jax.ops.segment_sum(jnp.stack([(outcome - p) * x, p * (1 - p) * jnp.square(x)], axis=1), **segment)
+        sums = jax.ops.segment_sum(jnp.stack([(data.y - p) * x, p * (1 - p) * jnp.square(x)], axis=1), **segment)
         b, h = sums.astype(dtype).T
         delta = log_scale_sds[k] * TRANSPORT_STEP * jax.random.normal(key_delta, (), dtype)
         new_scale = scale * jnp.exp(delta)

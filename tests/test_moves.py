@@ -154,6 +154,13 @@ def test_move_options_are_validated(options, match):
         hblogit.samplers.get_sampler("nuts", **options)
 
 
+@pytest.mark.parametrize("passes", [0, True, 2.5])
+def test_transport_passes_are_validated_when_the_move_is_called_directly(small_problem, passes):
+    data, params = small_problem
+    with pytest.raises(ValueError, match="passes must be a positive integer"):
+        moves.transport_scales(jax.random.key(0), params, data, jnp.ones(4), passes=passes)
+
+
 def test_transport_asked_for_on_a_sharded_density_says_why(small_problem):
     from hblogit import runner, sharding
 

@@ -134,8 +134,7 @@ class WindowAdapted(eqx.Module):
             raise ValueError(f"interweave must be true or false, got {self.interweave!r}")
         if self.transport is not None and not isinstance(self.transport, bool):
             raise ValueError(f"transport must be true, false or null (auto), got {self.transport!r}")
-        if isinstance(self.transport_passes, bool) or not isinstance(self.transport_passes, int) or self.transport_passes < 1:
-            raise ValueError(f"transport_passes must be a positive integer, got {self.transport_passes!r}")
+        model_moves.check_passes(self.transport_passes, "transport_passes")
 
     def _auto_sequential(self, position) -> bool:
         return False
