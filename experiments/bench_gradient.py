@@ -15,6 +15,10 @@ Contenders, in one process, on the same data and at the same float32 point:
                    chain and gradient, so against the leapfrog row it is NUTS' own overhead;
                    with C > 1, once vmapped and once sequential (jax.lax.map), the two
                    chain methods of hblogit's nuts
+  interweave,      the scale moves nuts and hmc make after every transition (hblogit.moves):
+  transport        interweave (no likelihood), and one pass of transport_scales (a few O(N)
+                   passes per family; a transition makes transport_passes of them); in the
+                   sampler's dtype, vmapped over C chains as the gradient is
   pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU
                    number; CPU runs only (it never uses the accelerator)
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
@@ -138,6 +142,10 @@ def main(argv=None):
             print(f"# warning: NUTS trees took {np.unique(steps).tolist()} leapfrog steps, not {2**NUTS_DEPTH - 1}")
         name = f"NUTS tree, depth {NUTS_DEPTH} ({auto}{method})"
         contenders.append((name, args.chains * 2**NUTS_DEPTH, lambda f=batched: block(f(point))))
+    moves = scale_moves(dataset)
+    for name, move in moves.items():
+        move = jax.jit(jax.vmap(move) if args.chains > 1 else move)
+        contenders.append((name, args.chains, lambda f=move: block(f(point))))
     if not args.skip_pymc:
         pytensor = jax.default_backend() == "cpu"
         contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, pytensor)
@@ -159,7 +167,7 @@ def main(argv=None):
     base = medians[0] / args.chains
     for (name, chains, _), seconds, first_s in zip(contenders, medians, first):
         per_chain = seconds / chains
-        fraction = f"{floor_s / seconds:.2f}" if chains == args.chains else "-"
+        fraction = f"{floor_s / seconds:.2f}" if chains == args.chains and name not in moves else "-"
         print(f"| {name} | {seconds * 1e3:.2f} | {per_chain * 1e3:.2f} | {first_s:.2f} | {per_chain / base:.2f} | {fraction} |")
 
 
@@ -207,6 +215,26 @@ def nuts_tree(logdensity, num_params):
         return state.logdensity, info.num_integration_steps
 
     return transition
+
+
+def scale_moves(dataset):
+    """name -> position -> position, for each move of hblogit.moves, in the sampler's dtype
+    (float64 under x64, as for nuts_tree). The transport's step sds are a plausible 0.1."""
+    import jax
+    import jax.numpy as jnp
+
+    from hblogit import moves
+
+    dtype = jnp.result_type(float)
+    log_scale_sds = jnp.full(dataset.num_covariates + 1, 0.1, dtype)
+
+    def in_dtype(move):
+        return lambda position: move(jax.random.key(0), jax.tree.map(lambda x: x.astype(dtype), position))[0]
+
+    return {
+        "interweave": in_dtype(moves.interweave),
+        "transport, one pass": in_dtype(lambda key, p: moves.transport_scales(key, p, dataset, log_scale_sds)),
+    }
 
 
 def pymc_contenders(sim, point, block, pytensor: bool):
