@@ -71,6 +71,8 @@ def _log_target_per_group(f: Families, z, data, covariates):
 def refresh_effects(key, params: Params, data, newton_steps: int = 1) -> tuple[Params, jax.Array]:
     """Every z_g by an independence Metropolis step from its Laplace normal; returns (point,
     change of the model's log-density). The globals are left as they are."""
+    if isinstance(newton_steps, bool) or not isinstance(newton_steps, int) or newton_steps < 1:
+        raise ValueError(f"newton_steps must be a positive integer, got {newton_steps!r}")
     f = families(params)
     covariates = jnp.concatenate([jnp.ones((data.num_obs, 1), data.X.dtype), data.X], axis=1)
     mean, cholesky = laplace(f, data, covariates, newton_steps)
