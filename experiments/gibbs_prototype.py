@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hblogit.model import _SORTED_GATHER, Params, _outcome_sign
-from hblogit.moves import Families, families, from_families
+from hblogit.model import Params, _linear_predictor, _outcome_sign
+from hblogit.moves import Families, check_passes, families, from_families
 from hblogit.samplers.base import StepStats, register
 from hblogit.samplers.nuts import NUTS
 
@@ -47,7 +47,7 @@ def laplace(f: Families, data, covariates, newton_steps: int):
     scale = jnp.exp(f.log_scale)
     z = jnp.zeros_like(f.z)
     for _ in range(newton_steps):
-        p = jax.nn.sigmoid(_eta(f, z, data, covariates))
+        p = jax.nn.sigmoid(_eta(f, z, data))
         gradient = scale * _group_sums(data, ((data.y - p)[:, None] * covariates).astype(dtype)) - z
         curvature = _group_sums(data, (p * (1 - p))[:, None, None] * covariates[:, :, None] * covariates[:, None, :])
         precision = jnp.eye(z.shape[1], dtype=dtype) + scale[:, None] * curvature.astype(dtype) * scale[None, :]
@@ -56,23 +56,21 @@ def laplace(f: Families, data, covariates, newton_steps: int):
     return z, cholesky
 
 
-def _eta(f: Families, z, data, covariates):
-    centred = (jnp.exp(f.log_scale) * z).astype(covariates.dtype)
-    fixed = covariates @ f.location.astype(covariates.dtype)
-    return fixed + jnp.sum(covariates * centred.at[data.group_idx].get(**_SORTED_GATHER), axis=1)
+def _eta(f: Families, z, data):
+    """The rows' linear predictor with the effects z in place of f's."""
+    return _linear_predictor(from_families(Families(f.location, f.log_scale, z)), data)
 
 
-def _log_target_per_group(f: Families, z, data, covariates):
+def _log_target_per_group(f: Families, z, data):
     """log p(y_g | z_g, globals) + log N(z_g; 0, I), per group, summed in the parameters' dtype."""
-    per_row = -jax.nn.softplus(_outcome_sign(data) * _eta(f, z, data, covariates))
+    per_row = -jax.nn.softplus(_outcome_sign(data) * _eta(f, z, data))
     return _group_sums(data, per_row.astype(z.dtype)) - 0.5 * jnp.sum(jnp.square(z), axis=1)
 
 
 def refresh_effects(key, params: Params, data, newton_steps: int = 1) -> tuple[Params, jax.Array]:
     """Every z_g by an independence Metropolis step from its Laplace normal; returns (point,
     change of the model's log-density). The globals are left as they are."""
-    if isinstance(newton_steps, bool) or not isinstance(newton_steps, int) or newton_steps < 1:
-        raise ValueError(f"newton_steps must be a positive integer, got {newton_steps!r}")
+    check_passes(newton_steps, "newton_steps")
     f = families(params)
     covariates = jnp.concatenate([jnp.ones((data.num_obs, 1), data.X.dtype), data.X], axis=1)
     mean, cholesky = laplace(f, data, covariates, newton_steps)
@@ -83,8 +81,8 @@ def refresh_effects(key, params: Params, data, newton_steps: int = 1) -> tuple[P
     def log_proposal(z):  # up to a constant shared by both points
         return -0.5 * jnp.sum(jnp.square(jnp.einsum("gji,gj->gi", cholesky, z - mean)), axis=1)
 
-    current_target = _log_target_per_group(f, f.z, data, covariates)
-    proposal_target = _log_target_per_group(f, proposal, data, covariates)
+    current_target = _log_target_per_group(f, f.z, data)
+    proposal_target = _log_target_per_group(f, proposal, data)
     log_ratio = proposal_target - current_target - log_proposal(proposal) + log_proposal(f.z)
     accept = jnp.log(jax.random.uniform(key_accept, log_ratio.shape, log_ratio.dtype)) < log_ratio
     z = jnp.where(accept[:, None], proposal, f.z)

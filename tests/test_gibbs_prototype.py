@@ -59,17 +59,19 @@ def test_refresh_leaves_the_joint_distribution_invariant(prototype):
     moved = np.mean(np.asarray(after.z_alpha) != np.asarray(start.z_alpha))
     assert 0.3 < moved < 0.99, moved  # it moves, and it rejects sometimes: the test has power
 
+    residual = (2 * y - 1).reshape(num_draws, num_groups, rows_per_group).mean(-1)
+
     def statistics(p):
-        residual = (2 * y - 1).reshape(num_draws, num_groups, rows_per_group).mean(-1)
         return {
             "z_alpha": p.z_alpha,
             "z_alpha^2": p.z_alpha**2,
             "z_gamma^2": p.z_gamma[..., 0] ** 2,
             "z_alpha (2y - 1)": p.z_alpha * residual,
-            "z_gamma x (2y - 1)": p.z_gamma[..., 0] * (2 * y - 1).reshape(num_draws, num_groups, -1).mean(-1),
+            "z_gamma x (2y - 1)": p.z_gamma[..., 0] * residual,
         }
 
-    for name, (before, later) in {k: (v, statistics(after)[k]) for k, v in statistics(start).items()}.items():
-        difference = np.asarray(later - before).reshape(num_draws, -1)
+    before, later = statistics(start), statistics(after)
+    for name in before:
+        difference = np.asarray(later[name] - before[name]).reshape(num_draws, -1)
         z_scores = difference.mean(0) / (difference.std(0) / math.sqrt(num_draws))
         assert np.all(np.abs(z_scores) < 4.5), (name, z_scores)
