@@ -7,6 +7,7 @@ Note: ``hblogit.fit`` (the package attribute) is the function, bound in ``__init
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -57,9 +58,17 @@ def _with_precision(dataset: Dataset, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":
-        return dataset, jnp.float32
+        return dataset.astype(jnp.float32), jnp.float32
     jax.config.update("jax_enable_x64", True)
     return (dataset.astype(jnp.float64) if precision == "float64" else dataset), jnp.float64
+
+
+def _x64_for(precision: str):
+    """The context a run of ``precision`` runs in: a float32 run turns JAX's x64 mode off
+    for its duration, since with it on (after any mixed run in the same process) BlackJAX's
+    constants from Python floats are float64 and clash with the float32 states; the others
+    have switched it on (``_with_precision``)."""
+    return jax.enable_x64(False) if precision == "float32" else contextlib.nullcontext()
 
 
 def fit(
@@ -149,10 +158,11 @@ def fit(
             resume_from=Path(resume) if resume else None,
             on_checkpoint=on_checkpoint,
         )
-    if devices == 1:
-        result = runner.run(kernel, make_logdensity(dataset, layout=chosen_layout), config, dtype=dtype, checkpoints=checkpoints)
-    else:
-        result = _run_sharded(kernel, sharding.make_sharded_logdensity(dataset, devices), config, dtype, checkpoints)
+    with _x64_for(precision):
+        if devices == 1:
+            result = runner.run(kernel, make_logdensity(dataset, layout=chosen_layout), config, dtype=dtype, checkpoints=checkpoints)
+        else:
+            result = _run_sharded(kernel, sharding.make_sharded_logdensity(dataset, devices), config, dtype, checkpoints)
     device = jax.devices()[0]
     record = {
         "config": {**config._asdict(), **identity, "layout": chosen_layout if devices == 1 else "sharded"},

@@ -2,6 +2,7 @@
 
 import importlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -92,6 +93,15 @@ def test_same_seed_same_draws():
     np.testing.assert_array_equal(first["sample_stats"]["lp"].values, second["sample_stats"]["lp"].values)
     different = tiny_fit(seed=8)
     assert not np.array_equal(first["posterior"]["alpha"].values, different["posterior"]["alpha"].values)
+
+
+def test_float32_runs_with_x64_on():
+    """The suite runs with JAX's x64 mode on, as a process does after any mixed-precision fit;
+    a float32 fit must still run, in float32."""
+    idata = tiny_fit(precision="float32")
+    assert idata["posterior"]["alpha"].dtype == np.float32 and idata["sample_stats"]["lp"].dtype == np.float32
+    assert np.all(np.isfinite(idata["posterior"]["beta"].values))
+    assert jax.config.jax_enable_x64  # and the mode is as it was
 
 
 def test_run_keeps_no_full_parameter_vector_per_draw():
