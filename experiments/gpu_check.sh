@@ -9,9 +9,8 @@
 #      (~10 min on an H200) takes two calls.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time.
-# STAGES (default 123) picks the steps (4: experiments/gibbs_prototype.py on the seed, 4
-# chains, GIBBS its sampler spec, WARMUP and DRAWS default 500 there); FIT_ARGS adds options
-# to the fit (e.g. "--layout fused", "--sampler hmc --sampler-opt num_integration_steps=32");
+# STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g. "--layout
+# fused", "--sampler gibbs" with RUN=/tmp/hblogit_seed_gibbs for a checkpoint of its own);
 # WARMUP, DRAWS, FIT_TIMEOUT.
 # Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
 # the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
@@ -23,10 +22,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "--smoke" ]; then
     PLATFORM=cpu SMOKE=--smoke FIT=(--preset small --warmup 100 --draws 100)
-    GIBBS_RUN=(--problem preset --preset small --warmup 100 --draws 100)
 else
     PLATFORM=gpu SMOKE= FIT=(--preset seed --warmup ${WARMUP:-1000} --draws ${DRAWS:-1000})
-    GIBBS_RUN=(--problem preset --preset seed --warmup ${WARMUP:-500} --draws ${DRAWS:-500})
 fi
 
 if ! "$PY" -c "import blackjax, arviz, pymc" 2>/dev/null; then
@@ -50,15 +47,6 @@ if [[ $STAGES == *2* ]]; then
     for C in 4 8; do
         "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE
     done
-fi
-
-if [[ $STAGES == *4* ]]; then
-    # Not in the default stages: the prototype of RESULTS.md "Fewer gradients a draw" on the
-    # same data as stage 3, 4 chains x (WARMUP + DRAWS), printing bench_samplers' table.
-    echo "== 4. gibbs-prototype"
-    JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda || echo cpu) timeout "${FIT_TIMEOUT:-420}" \
-        "$PY" experiments/gibbs_prototype.py "${GIBBS_RUN[@]}" --chains 4 --samplers "${GIBBS:-gibbs-prototype}" \
-        --out "$OUT/gibbs" || echo "gibbs-prototype exited with status $?"
 fi
 
 [[ $STAGES == *3* ]] || exit 0

@@ -223,6 +223,66 @@ def _blocked_value_and_grad(params: Params, data: BlockedDataset) -> tuple[jax.A
     return sum(values), _grad_from_sums(params, S, T)
 
 
+class GroupTerms(NamedTuple):
+    """Each group's log-likelihood, and its gradient and information (minus its Hessian) in
+    the group's own coefficients: intercept first, then the K slopes."""
+
+    log_likelihood: jax.Array  # (G,)
+    gradient: jax.Array  # (G, K + 1)
+    information: jax.Array  # (G, K + 1, K + 1)
+
+
+def _row_terms(sign, eta):
+    """log p(y | eta), its derivative in eta and the Bernoulli weight p (1 - p), per row
+    (zero on padding rows, where the sign is zero)."""
+    signed_eta = sign * eta
+    return (
+        -jax.nn.softplus(signed_eta) * jnp.square(sign),
+        -sign * jax.nn.sigmoid(signed_eta),
+        jax.nn.sigmoid(signed_eta) * jax.nn.sigmoid(-signed_eta) * jnp.square(sign),
+    )
+
+
+def _segment_group_terms(params: Params, data: Dataset) -> GroupTerms:
+    """Per-row terms summed by group; the information as an (N, K + 1, K + 1) segment sum of
+    outer products (this layout serves small data: large data on a CPU is blocked)."""
+    accumulate = _accumulate_dtype(params)
+    log_p, residual, weight = _row_terms(_outcome_sign(data), _linear_predictor(params, data))
+    covariates = jnp.concatenate([jnp.ones_like(data.X[:, :1]), data.X], axis=1)
+    segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
+    per_row = (log_p, residual[:, None] * covariates, weight[:, None, None] * covariates[:, :, None] * covariates[:, None, :])
+    return GroupTerms(*(jax.ops.segment_sum(t, **segment).astype(accumulate) for t in per_row))
+
+
+def _blocked_group_terms(params: Params, data: BlockedDataset) -> GroupTerms:
+    """Per-piece sums over each block's rows (batched small matrix products for the
+    information), then gathered to groups as the gradient's sums are."""
+    accumulate = _accumulate_dtype(params)
+    intercepts, slopes = _group_coefficients(params, data.blocks[0].X.dtype)
+    pieces = []
+    for block in data.blocks:
+        piece_intercepts, piece_slopes = _piece_coefficients(block, intercepts, slopes)
+        eta = piece_intercepts + sum(block.X[k] * piece_slopes[k] for k in range(block.X.shape[0]))
+        log_p, residual, weight = _row_terms(block.sign, eta)
+        covariates = jnp.concatenate([jnp.ones_like(block.X[:1]), block.X])  # (K + 1, width, pieces)
+        pieces.append(
+            (
+                jnp.sum(log_p, axis=0),
+                jnp.einsum("mp,kmp->pk", residual, covariates),
+                jnp.einsum("kmp,lmp->pkl", covariates * weight, covariates),
+            )
+        )
+    return GroupTerms(*(_pieces_to_groups(jnp.concatenate(t).astype(accumulate), data) for t in zip(*pieces)))
+
+
+def group_terms(params: Params, data: Dataset | BlockedDataset) -> GroupTerms:
+    """``GroupTerms`` at ``params``, in either layout: per-row work in the data's dtype, sums
+    in the parameters'. What a per-group Newton step or Laplace approximation needs."""
+    if isinstance(data, BlockedDataset):
+        return _blocked_group_terms(params, data)
+    return _segment_group_terms(params, data)
+
+
 def _log_likelihood_value_and_grad(params: Params, data: Dataset | BlockedDataset) -> tuple[jax.Array, Params]:
     if isinstance(data, BlockedDataset):
         return _blocked_value_and_grad(params, data)

@@ -29,6 +29,7 @@ AGREEMENT = {
     "chees": dict(chains=16, warmup=600, draws=150, thin=2),
     "meads": dict(chains=16, warmup=400, draws=100, thin=4),
     "numpyro-nuts": dict(chains=4, warmup=400, draws=400),
+    "gibbs": dict(chains=4, warmup=300, draws=300),
 }
 MCLMC_BIAS_SD = 0.05  # allowance for unadjusted MCLMC's bias: 5% of the posterior sd
 
@@ -82,6 +83,10 @@ class CountingLogDensity(eqx.Module):
     def dataset(self):
         return self.inner.dataset
 
+    @property
+    def data(self):
+        return self.inner.data
+
     def __call__(self, params):
         return self.inner(_count_gradients(params))
 
@@ -106,7 +111,7 @@ def _counted():
 # Chains per sampler: one where chains take different numbers of steps (under vmap a
 # finished chain's lane keeps computing, masked, so the callback would count gradients the
 # algorithm did not spend); ensemble samplers move in lockstep and need several chains.
-CHAINS = {"nuts": 1, "hmc": 2, "mclmc": 2, "mams": 1, "chees": 4, "meads": 8, "numpyro-nuts": 1}
+CHAINS = {"nuts": 1, "hmc": 2, "mclmc": 2, "mams": 1, "chees": 4, "meads": 8, "numpyro-nuts": 1, "gibbs": 1}
 INIT_STEPS = 200  # hblogit.fit's Adam steps toward the mode per chain, before the sampler
 
 

@@ -4,7 +4,7 @@ Adding a sampler: write a module with a class decorated ``@register("name")`` an
 it below.
 """
 
-from . import chees, hmc, mams, mclmc, meads, numpyro_nuts, nuts  # noqa: F401  (each registers itself)
+from . import chees, gibbs, hmc, mams, mclmc, meads, numpyro_nuts, nuts  # noqa: F401  (each registers itself)
 from .base import SAMPLERS, Sampler, StepStats, get_sampler, register
 
 __all__ = ["SAMPLERS", "Sampler", "StepStats", "get_sampler", "register"]

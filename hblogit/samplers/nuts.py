@@ -63,14 +63,17 @@ class NUTS(WindowAdapted):
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         kernel = blackjax.nuts.build_kernel()
         chain, info = kernel(key, chain, logdensity, step_size, inverse_mass_matrix, self.max_num_doublings)
-        stats = StepStats(
-            lp=chain.logdensity,
+        return chain, self._stats(chain.logdensity, info, step_size)
+
+    def _stats(self, lp, info, step_size) -> StepStats:
+        """The step's statistics from BlackJAX's NUTS info; ``lp`` the new state's density."""
+        return StepStats(
+            lp=lp,
             acceptance_rate=info.acceptance_rate,
             diverging=info.is_divergent,
             energy=info.energy,
             n_steps=info.num_integration_steps.astype(jnp.int32),
-            step_size=jnp.asarray(step_size, chain.logdensity.dtype),
+            step_size=jnp.asarray(step_size, lp.dtype),
             tree_depth=info.num_trajectory_expansions.astype(jnp.int32),
             reached_max_treedepth=info.num_trajectory_expansions >= self.max_num_doublings,
         )
-        return chain, stats

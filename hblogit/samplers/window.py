@@ -164,10 +164,15 @@ class WindowAdapted(eqx.Module):
             )
         return self.transport
 
+    def _middle_moves(self, logdensity) -> list:
+        """Moves (themselves a palindrome) for the middle of ``_scale_moves``'s; none here."""
+        return []
+
     def _scale_moves(self, position, logdensity, inverse_mass_matrix) -> list:
         """The moves asked for, each ``(key, position) -> (position, the model's change of
-        log p)``, in the order to apply them: a palindrome (interweave, transport, interweave)
-        of reversible moves, so reversible as a whole."""
+        log p)``, in the order to apply them: a palindrome (interweave, transport, interweave;
+        with middle moves M, interweave, transport, M, transport, interweave) of reversible
+        moves, so reversible as a whole."""
         moves = []
         if self.interweave and model_moves.num_groups(position) >= 2:
             moves.append(model_moves.interweave)
@@ -179,7 +184,8 @@ class WindowAdapted(eqx.Module):
                     k, p, logdensity.dataset, log_scale_sds, passes=self.transport_passes
                 )
             )
-        return moves + moves[-2::-1]
+        middle = self._middle_moves(logdensity)
+        return moves + middle + moves[::-1] if middle else moves + moves[-2::-1]
 
     def _move(self, key, chain, logdensity, step_size, inverse_mass_matrix) -> tuple[Any, StepStats]:
         """One chain's transition, then the scale moves asked for.

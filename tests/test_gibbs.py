@@ -1,0 +1,129 @@
+"""The gibbs sampler's pieces: each group's likelihood terms in both layouts, and the
+refresh of the effects (exact, claiming the density change it makes). Its draws against the
+PyMC reference and its gradient counts are checked with every sampler's, in test_samplers."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hblogit
+from hblogit import model, moves
+from hblogit.data import Dataset
+from hblogit.layout import block_dataset
+from tests.test_layout import uneven_problem
+from tests.test_moves import prior_draws
+
+LAYOUTS = {
+    "segment": lambda data: data,
+    "blocked": lambda data: block_dataset(data, max_blocks=3, max_width=4),  # groups split over pieces
+}
+
+
+@pytest.fixture(scope="module")
+def uneven():
+    """Groups of 0 to 300 rows; coefficients equal to z (locations 0, scales 1)."""
+    data = uneven_problem(3, num_groups=15, num_covariates=2, huge=40).astype(jnp.float64)
+    params = hblogit.init_params(jax.random.key(1), data, radius=1.0)
+    zero = jnp.zeros((), jnp.float64)
+    return data, params._replace(alpha=zero, beta=0 * params.beta, log_sigma_alpha=zero, log_sigma_gamma=0 * params.beta)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_group_terms_are_each_groups_likelihood_and_its_derivatives(uneven, layout):
+    """Against JAX's derivatives of the whole likelihood in the per-group coefficients: its
+    gradient is the groups' gradients, its Hessian block-diagonal with minus the groups'
+    information on the diagonal."""
+    data, params = uneven
+    terms = model.group_terms(params, LAYOUTS[layout](data))
+
+    def log_likelihood(coefficients):
+        z = coefficients.reshape(params.z_alpha.shape[0], -1)
+        return model.log_likelihood_autodiff(params._replace(z_alpha=z[:, 0], z_gamma=z[:, 1:]), data)
+
+    coefficients = jnp.concatenate([params.z_alpha[:, None], params.z_gamma], axis=1)
+    num_groups, size = coefficients.shape
+    hessian = jax.hessian(log_likelihood)(coefficients.reshape(-1)).reshape(num_groups, size, num_groups, size)
+    np.testing.assert_allclose(jnp.sum(terms.log_likelihood), log_likelihood(coefficients.reshape(-1)), rtol=1e-12)
+    np.testing.assert_allclose(terms.gradient.reshape(-1), jax.grad(log_likelihood)(coefficients.reshape(-1)), atol=1e-12)
+    np.testing.assert_allclose(terms.information, -jnp.einsum("gigj->gij", hessian), atol=1e-12)
+    off_diagonal = hessian * (1 - jnp.eye(num_groups))[:, None, :, None]
+    np.testing.assert_array_equal(off_diagonal, 0)
+    rows = np.bincount(np.asarray(data.group_idx), minlength=num_groups)
+    np.testing.assert_array_equal(np.asarray(terms.information[rows == 0]), 0)
+    segment_sum = jax.ops.segment_sum(-jax.nn.softplus((1 - 2 * data.y) * model._linear_predictor(params, data)), data.group_idx, num_groups)
+    np.testing.assert_allclose(terms.log_likelihood, segment_sum, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return hblogit.simulate(400, 20, 3, seed=4).dataset().astype(jnp.float64)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_refresh_claims_the_density_change_and_keeps_the_globals(simulated, layout):
+    data = simulated
+    params = hblogit.init_params(jax.random.key(0), data, radius=1.0)
+    density = hblogit.make_logdensity(data)
+    after, claimed = moves.refresh_effects(jax.random.key(1), params, LAYOUTS[layout](data), newton_steps=2)
+    np.testing.assert_allclose(density(after) - density(params), claimed, rtol=1e-9, atol=1e-9)
+    for name in ("alpha", "beta", "log_sigma_alpha", "log_sigma_gamma"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(params, name))
+    assert np.mean(np.asarray(after.z_alpha) != np.asarray(params.z_alpha)) > 0.5  # most groups moved
+
+
+@pytest.mark.parametrize("steps", [0, True, 1.5])
+def test_newton_steps_are_validated(steps):
+    with pytest.raises(ValueError, match="newton_steps must be a positive integer"):
+        hblogit.samplers.get_sampler("gibbs", newton_steps=steps)
+
+
+def test_refresh_leaves_the_joint_distribution_invariant():
+    """Draw (parameters, y) from the model, refresh z given y: the pair must still be a draw
+    from the model. Each statistic's mean after the move is compared with before, on the
+    paired differences, within 4.5 Monte Carlo standard errors. Few rows a group and a wide
+    prior make the Laplace proposal rough, so an uncorrected proposal would show (dropping
+    the proposal's correction, in whole or in half, fails this)."""
+    num_draws, num_groups, rows_per_group = 20_000, 3, 4
+    rng = np.random.default_rng(0)
+    group_idx = np.repeat(np.arange(num_groups), rows_per_group)
+    empty = Dataset(rng.normal(size=(group_idx.size, 1)), np.zeros(group_idx.size), group_idx)
+    start = prior_draws(1, num_draws, num_groups, 1)
+    eta = jax.vmap(lambda p: model._linear_predictor(p, empty))(start)
+    y = jnp.asarray(rng.uniform(size=eta.shape) < jax.nn.sigmoid(eta), jnp.float64)
+
+    def refresh(key, params, outcome):
+        return moves.refresh_effects(key, params, eqx.tree_at(lambda d: d.y, empty, outcome))[0]
+
+    after = jax.vmap(refresh)(jax.random.split(jax.random.key(2), num_draws), start, y)
+    moved = np.mean(np.asarray(after.z_alpha) != np.asarray(start.z_alpha))
+    assert 0.3 < moved < 0.99, moved  # it moves, and it rejects sometimes: the test has power
+
+    residual = (2 * y - 1).reshape(num_draws, num_groups, rows_per_group).mean(-1)
+
+    def statistics(p):
+        return {
+            "z_alpha": p.z_alpha,
+            "z_alpha^2": p.z_alpha**2,
+            "z_gamma^2": p.z_gamma[..., 0] ** 2,
+            "z_alpha (2y - 1)": p.z_alpha * residual,
+            "z_gamma x (2y - 1)": p.z_gamma[..., 0] * residual,
+        }
+
+    before, later = statistics(start), statistics(after)
+    for name in before:
+        difference = np.asarray(later[name] - before[name]).reshape(num_draws, -1)
+        z_scores = difference.mean(0) / (difference.std(0) / math.sqrt(num_draws))
+        assert np.all(np.abs(z_scores) < 4.5), (name, z_scores)
+
+
+def test_gibbs_on_a_sharded_density_says_why(simulated):
+    from hblogit import runner, sharding
+
+    density = sharding.make_sharded_logdensity(simulated, 1)
+    config = runner.RunConfig(chains=1, warmup=2, draws=2, progress=False, init_steps=0)
+    with pytest.raises(ValueError, match="gibbs needs the data's rows on one device"):
+        runner.run(hblogit.samplers.get_sampler("gibbs"), density, config, dtype=jnp.float64)
