@@ -70,7 +70,7 @@ def test_intervals_cover_the_truth():
     """89% intervals on simulated data: each covers with probability ~0.89, so of the
     2K + 2 = 18 globals at least 12 must (the binomial chance of fewer is about 0.3%)."""
     sim = hblogit.simulate(num_obs=8000, num_groups=400, num_covariates=8, seed=3)
-    idata = hblogit.fit(sim.dataset(), chains=4, warmup=400, draws=400, seed=2, progress=False)
+    idata = hblogit.fit(sim.dataset(), chains=2, warmup=300, draws=300, seed=2, progress=False)
     draws = global_scalars(idata)
     truth = truth_scalars(sim.truth)
     covered = []

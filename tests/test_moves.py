@@ -134,7 +134,7 @@ def test_nuts_with_both_moves_agrees_with_pymc_reference(reference):  # noqa: F8
     """The reference problem has 100 rows a group, where the transport is off by default
     (tests/test_fit.py checks that default); here it is on, as at the post's 10 rows."""
     idata = hblogit.fit(
-        reference.data.dataset(), chains=4, warmup=400, draws=400, seed=5, progress=False, sampler_options={"transport": True}
+        reference.data.dataset(), chains=4, warmup=300, draws=300, seed=5, progress=False, sampler_options={"transport": True}
     )
     assert_agrees_with_reference(idata, reference)
 
