@@ -165,7 +165,7 @@ class WindowAdapted(eqx.Module):
         return self.transport
 
     def _middle_moves(self, logdensity) -> list:
-        """Moves (themselves a palindrome) for the middle of ``_scale_moves``'s; none here."""
+        """Moves (themselves a palindrome) for the middle of the palindrome ``_scale_moves`` builds; none here."""
         return []
 
     def _scale_moves(self, position, logdensity, inverse_mass_matrix) -> list:
