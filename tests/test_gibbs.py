@@ -25,7 +25,7 @@ LAYOUTS = {
 
 @pytest.fixture(scope="module")
 def uneven():
-    """Groups of 0 to 300 rows; coefficients equal to z (locations 0, scales 1)."""
+    """Groups of 0 to 40 rows; coefficients equal to z (locations 0, scales 1)."""
     data = uneven_problem(3, num_groups=15, num_covariates=2, huge=40).astype(jnp.float64)
     params = hblogit.init_params(jax.random.key(1), data, radius=1.0)
     zero = jnp.zeros((), jnp.float64)
