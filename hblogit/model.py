@@ -173,6 +173,12 @@ def _piece_coefficients(block: Block, intercepts: jax.Array, slopes: jax.Array) 
     return intercepts.at[block.owner].get(**_SORTED_GATHER), slopes.at[block.owner].get(**_SORTED_GATHER).T
 
 
+def _block_eta(block: Block, intercepts: jax.Array, slopes: jax.Array) -> jax.Array:
+    """The linear predictor (width, pieces) of a block's rows: K elementwise terms."""
+    piece_intercepts, piece_slopes = _piece_coefficients(block, intercepts, slopes)
+    return piece_intercepts + sum(block.X[k] * piece_slopes[k] for k in range(block.X.shape[0]))
+
+
 def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumulate):
     """Value, S (pieces,) and T (pieces, K) of one block, as sums of whole arrays.
 
@@ -181,10 +187,8 @@ def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumula
     the residuals into the sum T (recomputed once per term), and the sums into the
     gather to groups (which would compute them piece by piece, in gather order).
     """
-    num_covariates, width, _ = block.X.shape
-    piece_intercepts, piece_slopes = _piece_coefficients(block, intercepts, slopes)
-    eta = piece_intercepts + sum(block.X[k] * piece_slopes[k] for k in range(num_covariates))
-    signed_eta = block.sign * jax.lax.optimization_barrier(eta)
+    width = block.X.shape[1]
+    signed_eta = block.sign * jax.lax.optimization_barrier(_block_eta(block, intercepts, slopes))
     log_p = -jax.nn.softplus(signed_eta) * jnp.square(block.sign)  # padding rows add nothing
     residual = -block.sign * jax.nn.sigmoid(signed_eta)
     log_p, residual = jax.lax.optimization_barrier((log_p, residual))
@@ -261,9 +265,7 @@ def _blocked_group_terms(params: Params, data: BlockedDataset) -> GroupTerms:
     intercepts, slopes = _group_coefficients(params, data.blocks[0].X.dtype)
     pieces = []
     for block in data.blocks:
-        piece_intercepts, piece_slopes = _piece_coefficients(block, intercepts, slopes)
-        eta = piece_intercepts + sum(block.X[k] * piece_slopes[k] for k in range(block.X.shape[0]))
-        log_p, residual, weight = _row_terms(block.sign, eta)
+        log_p, residual, weight = _row_terms(block.sign, _block_eta(block, intercepts, slopes))
         covariates = jnp.concatenate([jnp.ones_like(block.X[:1]), block.X])  # (K + 1, width, pieces)
         pieces.append(
             (
