@@ -32,7 +32,9 @@ move, divided by the bandwidth measured here (a large array copy, reported in th
 over the median time. The bytes counted are X and y read once (shared by all chains), and per
 chain the parameters read once and the gradient written once:
     4 N (K + 1) + 2 C P b        (float32 data; P parameters of b bytes each)
-The blocked layout in fact reads X about twice, padded by ~17%, so its own ceiling is near 0.4.
+The blocked layout in fact reads X about twice, padded by ~9% at the post's size. The copy
+that measures the bandwidth writes as much as it reads, and on a CPU a pass that only reads
+streams faster than that, so the column can pass 0.5 (0.72-0.87 on the 2-core CPU in RESULTS).
 """
 
 from __future__ import annotations
@@ -147,8 +149,8 @@ def main(argv=None):
         move = jax.jit(jax.vmap(move) if args.chains > 1 else move)
         contenders.append((name, args.chains, lambda f=move: block(f(point))))
     if not args.skip_pymc:
-        pytensor = jax.default_backend() == "cpu"
-        contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, pytensor)
+        with_pytensor = jax.default_backend() == "cpu"
+        contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, with_pytensor)
 
     first = [first_call_seconds(fn) for _, _, fn in contenders]
     medians = interleaved_medians([fn for _, _, fn in contenders], args.repeats)
@@ -237,7 +239,7 @@ def scale_moves(dataset):
     }
 
 
-def pymc_contenders(sim, point, block, pytensor: bool):
+def pymc_contenders(sim, point, block, with_pytensor: bool):
     import jax
     import pytensor
 
@@ -251,7 +253,7 @@ def pymc_contenders(sim, point, block, pytensor: bool):
     values = [jax.numpy.asarray(pymc_point[v.name]) for v in model.value_vars]
     jax_value_and_grad = jax.jit(jax.value_and_grad(get_jaxified_logp(model)))
     contenders = [("pymc-jax (jaxified logp)", 1, lambda: block(jax_value_and_grad(values)))]
-    if pytensor:
+    if with_pytensor:
         dlogp = model.compile_dlogp()
         contenders.insert(0, ("pymc-dlogp (PyTensor)", 1, lambda: dlogp(pymc_point)))
     return contenders

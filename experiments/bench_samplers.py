@@ -72,7 +72,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--samplers", default=",".join(sorted(SAMPLERS)), help="comma-separated, each NAME[:KEY=VALUE...] (default: all)"
     )
-    parser.add_argument("--chains", type=int, default=8, help="a multiple of 4, for meads (default: 8)")
+    parser.add_argument("--chains", type=int, default=8, help="with meads among the samplers, a multiple of 4 and at least 8 (default: 8)")
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=1000, help="kept draws per chain")
     parser.add_argument("--thin", action="append", default=[], metavar="NAME=K", help=f"thinning per sampler (default: {THIN})")

@@ -8,10 +8,13 @@
 #      WARMUP, DRAWS, FIT_ARGS) and it goes on from its checkpoint: a 1000 + 1000 seed fit
 #      (~10 min on an H200) takes two calls.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
-# --smoke runs every step on the CPU at a small size, to check the script before GPU time.
-# STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g. "--layout
-# fused", "--sampler gibbs" with RUN=/tmp/hblogit_seed_gibbs for a checkpoint of its own);
-# WARMUP, DRAWS, FIT_TIMEOUT.
+# --smoke runs every step on the CPU at a small size, to check the script before GPU time
+# (the small preset, 100 + 100 steps, whatever WARMUP and DRAWS say).
+# Environment: STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g.
+# "--layout fused", "--sampler gibbs" with RUN=/tmp/hblogit_seed_gibbs for a checkpoint of
+# its own); WARMUP and DRAWS (default 1000 each); FIT_TIMEOUT (seconds, default 420); RUN,
+# the fit's folder and checkpoint (default /tmp/hblogit_seed_fit, /tmp/hblogit_smoke_fit
+# with --smoke); PYTHON (default python3); OUT (below).
 # Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
 # the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
 set -euo pipefail
@@ -21,9 +24,9 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "--smoke" ]; then
-    PLATFORM=cpu SMOKE=--smoke FIT=(--preset small --warmup 100 --draws 100)
+    PLATFORM=cpu SMOKE=--smoke FIT=(--preset small --warmup 100 --draws 100) RUN=${RUN:-/tmp/hblogit_smoke_fit}
 else
-    PLATFORM=gpu SMOKE= FIT=(--preset seed --warmup ${WARMUP:-1000} --draws ${DRAWS:-1000})
+    PLATFORM=gpu SMOKE= FIT=(--preset seed --warmup ${WARMUP:-1000} --draws ${DRAWS:-1000}) RUN=${RUN:-/tmp/hblogit_seed_fit}
 fi
 
 if ! "$PY" -c "import blackjax, arviz, pymc" 2>/dev/null; then
@@ -56,7 +59,6 @@ echo "== 3. the seed fit"
 # small files are copied in. The fit checkpoints in $RUN/checkpoint (every minute): running
 # this stage again on the same machine goes on from there, so a fit longer than one command's
 # time limit runs in several calls. RUN=<a new folder> starts afresh.
-RUN=${RUN:-/tmp/hblogit_seed_fit}
 CHECKPOINT=(--checkpoint-dir "$RUN/checkpoint")
 if [ -f "$RUN/checkpoint/manifest.json" ]; then
     echo "going on from the checkpoint in $RUN/checkpoint"

@@ -1,11 +1,12 @@
 """The energy error of a leapfrog trajectory in float32 and in mixed precision.
 
     python experiments/precision_energy.py [--num-obs N --num-groups G --num-covariates K]
-                                            [--steps L] [--momenta M]
+                                            [--steps L] [--momenta M] [--step-size S]
 
-At 2.1M parameters the Hamiltonian H = -log p + |p|^2 / 2 is ~2-3 million, where float32's
-spacing is 0.25: every energy difference, and with it NUTS's acceptance statistic and the
-step-size adaptation, is rounded to a multiple of that. This script starts near the
+At 2.1M parameters the Hamiltonian H = -log p + |p|^2 / 2 is ~6 million near the posterior
+(measured: experiments/RESULTS.md), where float32's spacing is 0.5: every energy difference,
+and with it NUTS's acceptance statistic and the step-size adaptation, is rounded to a
+multiple of that. This script starts near the
 posterior (hblogit's own starting points), draws M momenta, runs L velocity-Verlet steps of
 BlackJAX's integrator with the unit metric, and reports the distribution of
 Delta H = H(end) - H(start) for float32 parameters and for mixed precision (float32 data,
