@@ -23,6 +23,7 @@ from blackjax.adaptation.mass_matrix import MassMatrixAdaptationState, mass_matr
 from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
 
+from .. import checks
 from .. import moves as model_moves
 from ..data import Dataset
 from .base import StepStats, chain_keys, check_chain_method, map_chains
@@ -118,7 +119,7 @@ class WindowAdapted(eqx.Module):
     and a few O(N) passes per scale and pass. At the seed's 10 rows a group (CPU size, K = 4)
     one pass raised the slowest scale's ESS per gradient 4x and three passes 2.2x more, for
     16% more time; on the small preset interweave alone raised the smallest bulk ESS from
-    1,179 to 1,758 (experiments/RESULTS.md).
+    1,179 to 1,527 (1,758 with an earlier version of its proposal; experiments/RESULTS.md).
     """
 
     target_acceptance_rate: float = eqx.field(static=True, default=0.8)
@@ -129,12 +130,14 @@ class WindowAdapted(eqx.Module):
     transport_passes: int = eqx.field(static=True, default=3)
 
     def __check_init__(self):
+        checks.real(self.target_acceptance_rate, "target_acceptance_rate", 0, 1)
+        checks.real(self.initial_step_size, "initial_step_size", 0)
         check_chain_method(self.chain_method)
         if not isinstance(self.interweave, bool):
             raise ValueError(f"interweave must be true or false, got {self.interweave!r}")
         if self.transport is not None and not isinstance(self.transport, bool):
             raise ValueError(f"transport must be true, false or null (auto), got {self.transport!r}")
-        model_moves.check_passes(self.transport_passes, "transport_passes")
+        checks.integer(self.transport_passes, "transport_passes")
 
     def _auto_sequential(self, position) -> bool:
         return False
