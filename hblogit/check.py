@@ -297,10 +297,7 @@ GLOBALS = {"alpha": "α", "beta": "β", "sigma_alpha": "σ_α", "sigma_gamma": "
 def posterior_check(dataset: Dataset, args: argparse.Namespace):
     """The agreement table of every global scalar, and the rows where |z| >= 5."""
     require_small_enough(dataset, args.force)
-    fit = getattr(hblogit, "fit", None)
-    if not callable(fit):
-        raise ValueError("posterior mode needs hblogit.fit, which this version of hblogit does not have")
-    ours = fit(dataset, sampler=args.sampler, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed)
+    ours = hblogit.fit(dataset, sampler=args.sampler, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed)
     ours = {name: ours.posterior[name] for name in GLOBALS}
     sampler, theirs = pymc_posterior(dataset, args)
     table = posterior_table(summarise(ours, dataset), summarise(theirs, dataset))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checkpoint, results, runner, sharding
+from . import checkpoint, checks, results, runner, sharding
 from .cli import add_data_arguments, cli_errors, load_data
 from .data import Dataset
 from .model import LAYOUTS, choose_layout, make_logdensity
@@ -117,14 +117,17 @@ def fit(
     ``layout``: how the log-density lays out the data on one device (``make_logdensity``:
     "auto", "segment", "blocked" or "fused"); the run record names the one used.
     """
-    integers = [("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1), ("chunk_size", chunk_size, 1), ("init_steps", init_steps, 0)]
+    chains, warmup, draws, thin, chunk_size, init_steps = (
+        checks.integer(value, name, low)
+        for value, name, low in (
+            (chains, "chains", 1), (warmup, "warmup", 0), (draws, "draws", 1), (thin, "thin", 1),
+            (chunk_size, "chunk_size", 1), (init_steps, "init_steps", 0),
+        )
+    )
     if checkpoint_every is not None:
-        integers.append(("checkpoint_every", checkpoint_every, 1))
-    for name, value, low in integers:
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        checkpoint_every = checks.integer(checkpoint_every, "checkpoint_every")
     digest = checkpoint.data_digest(dataset) if (checkpoint_dir or resume) else None
-    devices = sharding.default_devices() if devices is None else devices
+    devices = sharding.default_devices() if devices is None else checks.integer(devices, "devices")
     chosen_layout = choose_layout(dataset, layout)
     if devices > 1 and layout != "auto":
         raise ValueError(f"layout={layout!r} is for one device; {devices} devices use hblogit.sharding's own layout")
@@ -207,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
     parser.add_argument("--sampler", default="nuts", help=f"sampler name, one of: {', '.join(sorted(SAMPLERS))} (default: nuts)")
     parser.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="sampler option, repeatable")
-    parser.add_argument("--chains", type=int, default=4, help="chains, run in parallel (default: 4)")
+    parser.add_argument("--chains", type=int, default=4, help="chains, in one compiled program: in lock step or one after another, as the sampler's chain_method says (default: 4)")
     parser.add_argument("--warmup", type=int, default=1000, help="warm-up (adaptation) steps per chain (default: 1000)")
     parser.add_argument("--draws", type=int, default=1000, help="kept draws per chain, after thinning (default: 1000)")
     parser.add_argument("--thin", type=int, default=1, help="keep one draw every THIN steps (default: 1)")
@@ -272,6 +275,11 @@ def main(argv=None, *, on_checkpoint=None) -> int:
     if args.platform:
         jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
     on_gpu = jax.default_backend() == "gpu"
+    if args.platform == "gpu" and not on_gpu:
+        raise ValueError(
+            f"--platform gpu: JAX sees no GPU here (its backend is {jax.default_backend()!r}); "
+            "a GPU machine needs JAX's CUDA build: pip install 'hblogit[gpu]'"
+        )
     loaded = load_data(args, default_preset="seed" if on_gpu else "small")
     reason = ""
     if not (args.data or args.preset):

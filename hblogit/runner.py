@@ -342,8 +342,11 @@ class Checkpoints(NamedTuple):
     """Where the runner writes checkpoints, what identifies the run in them, where it resumes from.
 
     ``identity`` (the config that decides the draws, the data digest, versions) goes into
-    every manifest; a resume is refused unless it matches. ``on_checkpoint(directory)`` is
-    called after each write (e.g. to commit a cloud volume).
+    every manifest; a resume is refused unless its data digest and config match
+    (``checkpoint.check_same_run``). The versions are recorded, not compared, and so is the
+    layout (in the run record): a resume under other versions or another layout goes on
+    correctly, but its draws are then not bitwise those of a run never stopped.
+    ``on_checkpoint(directory)`` is called after each write (e.g. to commit a cloud volume).
     """
 
     directory: Path
@@ -492,8 +495,9 @@ class SamplingError(RuntimeError):
     """A chain reached a point where the log-density is not finite, mid-run.
 
     A Metropolis-adjusted sampler rejects such a proposal (BlackJAX counts it as a
-    divergence), so its chains never get there; an unadjusted one (mclmc) moves there and
-    cannot come back. The run stops rather than go on from a corrupted state.
+    divergence), and BlackJAX's MCLMC reverts such a step, so their chains never get there;
+    a kernel with neither guard can move there and cannot come back. The run stops rather
+    than go on from a corrupted state.
     """
 
 

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from . import checks
 from .data import Dataset
 from .model import (
     HALF_LOG_2PI,
@@ -109,7 +110,7 @@ def group_slots(plan: ShardPlan) -> np.ndarray:
 def make_mesh(devices: int) -> Mesh:
     """A one-axis mesh over the first ``devices`` devices (of every process: multi-host too)."""
     available = jax.devices()
-    if int(devices) != devices or not 1 <= devices <= len(available):
+    if checks.integer(devices, "devices") > len(available):
         raise ValueError(f"devices must be an integer in [1, {len(available)}] (the devices JAX sees), got {devices!r}")
     return Mesh(np.asarray(available[:devices]), (AXIS,))
 

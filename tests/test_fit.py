@@ -148,6 +148,9 @@ def test_fit_is_the_function_and_the_module_runs():
     "kwargs,match",
     [
         (dict(chains=0), "chains"),
+        (dict(chains=2.0), "chains must be a positive integer, got 2.0"),
+        (dict(warmup=-1), "warmup must be an integer >= 0"),
+        (dict(devices=0), "devices must be a positive integer"),
         (dict(draws=0), "draws"),
         (dict(sampler="nope"), "unknown sampler 'nope'"),
         (dict(keep_groups=[99]), "keep_groups"),

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +91,17 @@ def write(tmp_path, frame, name="d.csv"):
     ],
 )
 def test_bad_cli_input_is_one_line_and_exit_2(tmp_path, frame, args, message):
+    assert_one_line_error(tmp_path, frame, args, message)
+
+
+def test_platform_gpu_without_a_gpu_is_one_line_and_exit_2(tmp_path):
+    """Asking for a GPU that JAX cannot see must not fall back to the CPU in silence."""
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU, so --platform gpu is legitimate here")
+    assert_one_line_error(tmp_path, None, ["--preset", "small", "--platform", "gpu"], "JAX sees no GPU")
+
+
+def assert_one_line_error(tmp_path, frame, args, message):
     if frame is not None:
         args = ["--data", str(write(tmp_path, frame)), *args]
     result = subprocess.run(

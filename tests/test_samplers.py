@@ -4,6 +4,7 @@ counts, the command line; and the extension point, with a toy sampler defined he
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 
 import equinox as eqx
@@ -194,3 +195,39 @@ def test_chain_method_auto_and_bad_values():
     assert not get_sampler("nuts", chain_method="vmap").sequential(position)
     with pytest.raises(ValueError, match="chain_method"):
         get_sampler("nuts", chain_method="parallel")
+
+
+@pytest.mark.parametrize(
+    "name,option,value,message",
+    [
+        ("nuts", "max_num_doublings", "ten", "max_num_doublings must be a positive integer, got 'ten'"),
+        ("nuts", "target_acceptance_rate", 1.5, r"target_acceptance_rate must be a number in \(0, 1\)"),
+        ("gibbs", "initial_step_size", -0.1, "initial_step_size must be a number in"),
+        ("hmc", "num_integration_steps", 0, "num_integration_steps must be a positive integer"),
+        ("hmc", "transport_passes", 2.0, "transport_passes must be a positive integer, got 2.0"),
+        ("mclmc", "frac_tune1", -0.1, r"frac_tune1 must be a number in \[0, 1\]"),
+        ("mclmc", "pilot_steps", 0, "pilot_steps must be a positive integer"),
+        ("mclmc", "desired_energy_var", float("nan"), "desired_energy_var must be a number in"),
+        ("mams", "num_integration_steps", 0, "num_integration_steps must be a number in"),
+        ("chees", "max_leapfrog_steps", 0, "max_leapfrog_steps must be a positive integer"),
+        ("meads", "num_folds", 0, "num_folds must be a positive integer"),
+        ("meads", "damping_slowdown", True, "damping_slowdown must be a number in"),
+        ("numpyro-nuts", "max_tree_depth", 0, "max_tree_depth must be a positive integer"),
+    ],
+)
+def test_a_bad_sampler_option_is_refused_naming_it(name, option, value, message):
+    """Before any compilation, with the option's name: not a traceback from deep in a trace."""
+    with pytest.raises(ValueError, match=message):
+        get_sampler(name, **{option: value})
+
+
+@pytest.mark.parametrize("name", ["nuts", *AGREEMENT])
+def test_every_sampler_accepts_its_own_defaults(name):
+    assert get_sampler(name).name == name
+
+
+def test_numpyro_nuts_without_numpyro_names_the_extra(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpyro" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'hblogit\[numpyro\]'"):
+        get_sampler("numpyro-nuts")

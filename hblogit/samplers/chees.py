@@ -12,6 +12,7 @@ import optax
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.mcmc import dynamic_hmc
 
+from .. import checks
 from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
 from .tuned import FlatTunedAtOnce, flat_logdensity, flatten
 
@@ -62,6 +63,12 @@ class ChEES(FlatTunedAtOnce):
     initial_step_size: float = eqx.field(static=True, default=0.1)
     max_leapfrog_steps: int = eqx.field(static=True, default=1000)
     name: str = eqx.field(static=True, default="chees")
+
+    def __check_init__(self):
+        checks.real(self.learning_rate, "learning_rate", 0)
+        checks.real(self.target_acceptance_rate, "target_acceptance_rate", 0, 1)
+        checks.real(self.initial_step_size, "initial_step_size", 0)
+        checks.integer(self.max_leapfrog_steps, "max_leapfrog_steps")
 
     def _init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
         refuse_if_too_big(self.name, positions, 10, "position, gradient, momentum and proposal per chain")

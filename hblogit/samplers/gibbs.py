@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from .. import checks
 from .. import moves as model_moves
 from ..data import Dataset
 from ..layout import BlockedDataset
@@ -66,7 +67,7 @@ class Gibbs(NUTS):
     name: str = eqx.field(static=True, default="gibbs")
 
     def __check_init__(self):
-        model_moves.check_passes(self.newton_steps, "newton_steps")
+        checks.integer(self.newton_steps, "newton_steps")
 
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         """NUTS over the globals (or the locations) with z fixed. Its start reuses the

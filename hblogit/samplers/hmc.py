@@ -6,6 +6,7 @@ import blackjax
 import equinox as eqx
 import jax.numpy as jnp
 
+from .. import checks
 from .base import neutral_stats, register
 from .window import WindowAdapted
 
@@ -31,6 +32,9 @@ class HMC(WindowAdapted):
 
     num_integration_steps: int = eqx.field(static=True, default=16)
     name: str = eqx.field(static=True, default="hmc")
+
+    def __check_init__(self):
+        checks.integer(self.num_integration_steps, "num_integration_steps")
 
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         kernel = blackjax.hmc.build_kernel()

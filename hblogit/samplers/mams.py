@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 from blackjax.mcmc.adjusted_mclmc_dynamic import make_random_trajectory_length_fn
 
-from .base import StepStats, chain_keys, dimension, refuse_if_too_big, register
+from .. import checks
+from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
 from .tuned import TunedAtOnce
 
 GRADIENTS_PER_STEP = 2  # isokinetic McLachlan: two force stages per integration step
@@ -44,6 +45,13 @@ class MAMS(TunedAtOnce):
     frac_tune2: float = eqx.field(static=True, default=0.4)
     initial_step_size: float = eqx.field(static=True, default=0.2)
     name: str = eqx.field(static=True, default="mams")
+
+    def __check_init__(self):
+        checks.real(self.num_integration_steps, "num_integration_steps", 0)
+        checks.real(self.target_acceptance_rate, "target_acceptance_rate", 0, 1)
+        for name in ("frac_tune1", "frac_tune2"):
+            checks.real(getattr(self, name), name, 0, 1, closed=True)
+        checks.real(self.initial_step_size, "initial_step_size", 0)
 
     def _kernel(self):
         kernel = blackjax.adjusted_mclmc_dynamic.build_kernel(
@@ -97,15 +105,9 @@ class MAMS(TunedAtOnce):
         def one_chain(key, chain, params):
             average_steps = params.L / params.step_size
             chain, info = kernel(key, chain, logdensity, params.step_size, params.inverse_mass_matrix, (average_steps,))
-            stats = StepStats(
-                lp=chain.logdensity,
-                acceptance_rate=info.acceptance_rate,
-                diverging=info.is_divergent,
-                energy=info.energy,
-                n_steps=(GRADIENTS_PER_STEP * info.num_integration_steps).astype(jnp.int32),
-                step_size=params.step_size,
-                tree_depth=jnp.zeros((), jnp.int32),
-                reached_max_treedepth=jnp.zeros((), bool),
+            n_steps = GRADIENTS_PER_STEP * info.num_integration_steps
+            stats = neutral_stats(
+                chain.logdensity, info.acceptance_rate, info.is_divergent, n_steps, params.step_size, energy=info.energy
             )
             return chain, stats
 

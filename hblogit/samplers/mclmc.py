@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 
+from .. import checks
 from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
 from .tuned import TunedAtOnce
 
@@ -75,6 +76,12 @@ class MCLMC(TunedAtOnce):
     desired_energy_var: float = eqx.field(static=True, default=5e-4)
     pilot_steps: int = eqx.field(static=True, default=10)
     name: str = eqx.field(static=True, default="mclmc")
+
+    def __check_init__(self):
+        for name in ("frac_tune1", "frac_tune2", "frac_tune3"):
+            checks.real(getattr(self, name), name, 0, 1, closed=True)
+        checks.real(self.desired_energy_var, "desired_energy_var", 0)
+        checks.integer(self.pilot_steps, "pilot_steps")
 
     def _kernel(self):
         return blackjax.mcmc.mclmc.build_kernel()

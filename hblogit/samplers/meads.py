@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.adaptation.meads_adaptation import maximum_eigenvalue
 
+from .. import checks
 from .base import chain_keys, neutral_stats, num_chains, refuse_if_too_big, register
 from .tuned import FlatTunedAtOnce, flat_logdensity, flatten
 
@@ -130,6 +131,11 @@ class MEADS(FlatTunedAtOnce):
     step_size_multiplier: float = eqx.field(static=True, default=0.5)
     damping_slowdown: float = eqx.field(static=True, default=1.0)
     name: str = eqx.field(static=True, default="meads")
+
+    def __check_init__(self):
+        checks.integer(self.num_folds, "num_folds")
+        checks.real(self.step_size_multiplier, "step_size_multiplier", 0)
+        checks.real(self.damping_slowdown, "damping_slowdown", 0)
 
     def _init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
         if num_chains(positions) % self.num_folds or num_chains(positions) < 2 * self.num_folds:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import checks
 from .base import StepStats, chain_keys, register, warmup_length_marker
 
 
@@ -44,6 +46,13 @@ class NumPyroNUTS(eqx.Module):
     target_acceptance_rate: float = eqx.field(static=True, default=0.8)
     initial_step_size: float = eqx.field(static=True, default=1.0)
     name: str = eqx.field(static=True, default="numpyro-nuts")
+
+    def __check_init__(self):
+        if importlib.util.find_spec("numpyro") is None:
+            raise ValueError("sampler 'numpyro-nuts' needs NumPyro: pip install 'hblogit[numpyro]'")
+        checks.integer(self.max_tree_depth, "max_tree_depth")
+        checks.real(self.target_acceptance_rate, "target_acceptance_rate", 0, 1)
+        checks.real(self.initial_step_size, "initial_step_size", 0)
 
     def _kernels(self, num_warmup: int, positions, logdensity, inverse_mass_matrix):
         """NumPyro's (init_kernel, sample_kernel). ``init_kernel`` also configures

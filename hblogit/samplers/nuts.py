@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import checks
 from .base import StepStats, dimension, register
 from .window import WindowAdapted
 
@@ -54,6 +55,9 @@ class NUTS(WindowAdapted):
 
     max_num_doublings: int = eqx.field(static=True, default=10)
     name: str = eqx.field(static=True, default="nuts")
+
+    def __check_init__(self):
+        checks.integer(self.max_num_doublings, "max_num_doublings")
 
     def _auto_sequential(self, position) -> bool:
         if jax.default_backend() == "cpu":
