@@ -13,8 +13,11 @@ import warnings
 from typing import NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .checks import integer
 
 
 class Truth(NamedTuple):
@@ -52,9 +55,9 @@ def simulate(
     (mean(y) = 0.359275). The dtypes of every intermediate follow the post exactly, since
     they change the values that NumPy draws.
     """
-    for name, value in (("num_obs", num_obs), ("num_groups", num_groups), ("num_covariates", num_covariates)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    num_obs, num_groups, num_covariates = (
+        integer(value, name) for value, name in ((num_obs, "num_obs"), (num_groups, "num_groups"), (num_covariates, "num_covariates"))
+    )
     rng = np.random.default_rng(seed)
     group_idx = rng.integers(0, num_groups, size=num_obs, dtype=np.int64)
     X = rng.normal(size=(num_obs, num_covariates)).astype(np.float32)
@@ -79,7 +82,9 @@ def draw_outcome(rng, X, group_idx, alpha, beta, alpha_group, gamma_group) -> np
 class Dataset(eqx.Module):
     """Validated data, rows sorted (stably) by group.
 
-    ``X`` keeps float64 when given float64 and is float32 otherwise. ``order`` is the
+    ``X`` keeps float64 when given float64 and is float32 otherwise. A float64 ``X`` switches
+    on JAX's x64 mode, as a fit in the default precision does, since JAX would otherwise
+    round it to float32 here, before any fit could ask for float64. ``order`` is the
     permutation applied to the caller's rows (``X_sorted = X_caller[order]``);
     ``group_sizes`` and ``group_offsets`` describe the contiguous block of each group.
     A group with no rows is legal: its parameters keep their prior. A constant or huge
@@ -111,12 +116,17 @@ class Dataset(eqx.Module):
             raise ValueError(
                 f"covariate_names has {len(covariate_names)} names but X has {num_covariates} columns"
             )
+        if len(set(covariate_names)) != num_covariates:
+            repeated = sorted({c for c in covariate_names if covariate_names.count(c) > 1})
+            raise ValueError(f"covariate_names repeats {', '.join(map(repr, repeated))}: each covariate needs its own name")
         if group_labels is not None:
             group_labels = tuple(np.asarray(group_labels).tolist())
             if len(group_labels) != num_groups:
                 raise ValueError(f"group_labels has {len(group_labels)} labels but there are {num_groups} groups")
         for message in covariate_problems(X, covariate_names):
             warnings.warn(message, CovariateWarning, skip_file_prefixes=_CALLER_SKIPS)
+        if X.dtype == np.float64:
+            jax.config.update("jax_enable_x64", True)
         self.X = jnp.asarray(X[order])
         self.y = jnp.asarray(y[order].astype(X.dtype))
         self.group_idx = jnp.asarray(group_idx[order].astype(np.int32))
@@ -244,8 +254,7 @@ def _validate(X, y, group_idx, num_groups):
     max_group = int(group_idx.max())
     if num_groups is None:
         num_groups = max_group + 1
-    if int(num_groups) != num_groups or num_groups < 1:
-        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+    num_groups = integer(num_groups, "num_groups")
     if max_group >= num_groups:
         raise ValueError(f"group_idx must be < num_groups = {num_groups}, found {max_group}")
     return X, y, group_idx.astype(np.int64), int(num_groups)

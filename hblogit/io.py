@@ -15,6 +15,7 @@ names the file and the column, so that a command-line tool can print it as it st
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +61,16 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix == ".parquet":
             return pd.read_parquet(path)
         return _npz_table(path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot read {path}: {first_line}") from error
 
 
 def _npz_table(path: Path) -> pd.DataFrame:
-    with np.load(path, allow_pickle=False) as archive:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError("it holds a single array (a .npy file), not named arrays")
+    with loaded as archive:
         arrays = {key: archive[key] for key in archive.files}
     names = arrays.pop("covariate_names", None)
     X = arrays.pop("X", None)
@@ -82,6 +86,9 @@ def _npz_table(path: Path) -> pd.DataFrame:
             raise ValueError(
                 f"'covariate_names' in {path.name} has {len(names)} names but 'X' has {X.shape[1]} columns"
             )
+        clash = sorted({n for n in names if names.count(n) > 1 or n in columns})
+        if clash:
+            raise ValueError(f"covariate name(s) {', '.join(map(repr, clash))} in {path.name} are repeated or also a 1-D array's key")
         columns.update(zip(names, X.T))
     lengths = {key: len(value) for key, value in columns.items()}
     if len(set(lengths.values())) > 1:
@@ -115,7 +122,10 @@ def _covariate_columns(table, outcome, group, covariates, where) -> tuple[str, .
         ]
         if not covariates:
             raise ValueError(f"no numeric covariate columns {where} besides {outcome!r} and {group!r}")
-    covariates = tuple(covariates)
+    covariates = (covariates,) if isinstance(covariates, str) else tuple(covariates)
+    repeated = sorted({c for c in covariates if covariates.count(c) > 1})
+    if repeated:
+        raise ValueError(f"covariate(s) {', '.join(map(repr, repeated))} requested more than once")
     clash = [c for c in covariates if c in (outcome, group)]
     if clash:
         raise ValueError(f"covariate(s) {', '.join(map(repr, clash))} also used as outcome or group")

@@ -1,6 +1,9 @@
 """simulate() against the post's generator, and Dataset validation."""
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +74,23 @@ def test_dataset_keeps_float64_and_converts_other_dtypes():
     assert hblogit.Dataset(X.astype(np.float16), np.array([True, False]), g).X.dtype == np.float32
 
 
+def test_float64_X_is_not_rounded_when_x64_is_off():
+    """In a fresh process (x64 off, as JAX starts) a float64 X keeps its digits."""
+    code = (
+        "import numpy as np, hblogit; X = np.array([[1 / 3], [2.0]]); "
+        "ds = hblogit.Dataset(X, [0, 1], [0, 1]); "
+        "assert ds.X.dtype == np.float64 and float(ds.X[0, 0]) == 1 / 3, (ds.X.dtype, float(ds.X[0, 0]))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_ENABLE_X64": "0"}, timeout=300)
+
+
+@pytest.mark.parametrize("change", [dict(num_obs=1e3), dict(num_groups=0), dict(num_covariates=True)])
+def test_simulate_refuses_sizes_that_are_not_positive_integers(change):
+    name, value = next(iter(change.items()))
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer, got {value!r}"):
+        hblogit.simulate(**{**dict(num_obs=100, num_groups=10, num_covariates=2), **change})
+
+
 def test_dataset_is_a_pytree_that_crosses_jit():
     import jax
 
@@ -99,9 +119,13 @@ GOOD = dict(X=np.ones((4, 2)), y=np.array([0, 1, 1, 0]), group_idx=np.array([0, 
         (dict(y=np.array([0, 1, 1])), "lengths differ"),
         (dict(group_idx=np.array([0, 1])), "lengths differ"),
         (dict(X=np.ones((0, 2)), y=np.array([], dtype=int), group_idx=np.array([], dtype=int)), "no rows"),
+        (dict(num_groups=3.0), "num_groups must be a positive integer"),
+        (dict(covariate_names=["dose", "dose"]), "covariate_names repeats 'dose'"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_problem(change, match):
     args = {**GOOD, **change}
     with pytest.raises(ValueError, match=match):
-        hblogit.Dataset(args["X"], args["y"], args["group_idx"], num_groups=args.get("num_groups"))
+        hblogit.Dataset(
+            args["X"], args["y"], args["group_idx"], num_groups=args.get("num_groups"), covariate_names=args.get("covariate_names")
+        )

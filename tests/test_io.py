@@ -78,6 +78,7 @@ def test_npz_with_2d_X_and_names(tmp_path):
     np.testing.assert_allclose(np.sort(np.asarray(ds.X)[:, 1]), X[:, 1])
     ds = hblogit.load_table(path, "y", "g", covariates=["dose"])
     assert ds.covariate_names == ("dose",)
+    assert hblogit.load_table(path, "y", "g", covariates="dose").covariate_names == ("dose",)  # a name, not its letters
 
 
 def bad_inputs(tmp_path):
@@ -91,7 +92,19 @@ def bad_inputs(tmp_path):
 
     for sub in ("nan_x", "nan_y", "nan_g", "y2", "ystr"):
         (tmp_path / sub).mkdir()
+    empty_npz, truncated_npz, npy_as_npz, clashing_npz = (tmp_path / f"{name}.npz" for name in ("empty", "truncated", "npy", "clash"))
+    empty_npz.write_bytes(b"")
+    np.savez(truncated_npz, bought=[1, 0], shop=[0, 1])
+    truncated_npz.write_bytes(truncated_npz.read_bytes()[:100])
+    with open(npy_as_npz, "wb") as handle:
+        np.save(handle, np.ones(3))
+    np.savez(clashing_npz, X=np.ones((2, 2)), covariate_names=np.array(["bought", "dose"]), bought=[1, 0], shop=[0, 1])
     return [
+        ("empty npz", empty_npz, {}, ["cannot read", "empty.npz"]),
+        ("truncated npz", truncated_npz, {}, ["cannot read", "truncated.npz"]),
+        ("npy named npz", npy_as_npz, {}, ["cannot read", "npy.npz", "single array"]),
+        ("covariate name clash in npz", clashing_npz, {}, ["'bought'", "clash.npz"]),
+        ("covariate asked twice", good, dict(covariates=["x1", "x1"]), ["'x1'", "more than once"]),
         ("missing file", tmp_path / "nope.csv", {}, ["no such file", "nope.csv"]),
         ("extension", tsv, {}, ["unsupported", ".tsv"]),
         ("missing outcome", good, dict(outcome="y"), ["'y'", "bought", "x1"]),
