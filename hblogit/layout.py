@@ -50,10 +50,6 @@ class BlockedDataset(eqx.Module):
     num_groups: int = eqx.field(static=True)
     fused: bool = eqx.field(static=True, default=False)  # sums by hblogit.fused's GPU kernel
 
-    @property
-    def num_pieces(self) -> int:
-        return sum(b.owner.shape[0] for b in self.blocks)
-
 
 def block_widths(piece_sizes: np.ndarray, max_blocks: int) -> np.ndarray:
     """The widths (ascending) that minimise total padded rows with at most ``max_blocks`` blocks.

@@ -7,9 +7,10 @@ normalising constants and the log-Jacobians of both log transforms included. It 
 data in either layout: a Dataset (segment sums over sorted rows) or a BlockedDataset
 (``hblogit.layout``, dense blocks, faster on a CPU); ``make_logdensity`` chooses.
 
-Precision follows the arguments: per-row work runs in the data's dtype (``dataset.X``), and
-every reduction over rows or groups, the value, and the gradient run in the parameters'
-dtype. Float64 parameters over float32 data is the "mixed" mode the runner uses by default.
+Precision follows the arguments: per-row work, and the sums over a group's rows, run in the
+data's dtype (``dataset.X``); the value, the sums over groups, and the gradient run in the
+parameters' dtype. Float64 parameters over float32 data is the "mixed" mode the runner uses
+by default.
 """
 
 from __future__ import annotations
@@ -126,9 +127,14 @@ def _accumulate_dtype(params: Params):
     return jnp.result_type(params.z_gamma)
 
 
+def _segments(data: Dataset) -> dict:
+    """``jax.ops.segment_sum``'s arguments for per-row terms summed by group."""
+    return dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
+
+
 def log_likelihood_of_eta(eta: jax.Array, data: Dataset, accumulate) -> jax.Array:
     """sum_i log p(y_i | eta_i), summed in ``accumulate``, for the rows' linear predictor."""
-    return jnp.sum(-jax.nn.softplus(_outcome_sign(data) * eta), dtype=accumulate)
+    return jnp.sum(_row_terms(_outcome_sign(data), eta)[0], dtype=accumulate)
 
 
 def log_likelihood_autodiff(params: Params, data: Dataset) -> jax.Array:
@@ -158,14 +164,10 @@ def _grad_from_sums(params: Params, S: jax.Array, T: jax.Array) -> Params:
 def _segment_value_and_grad(params: Params, data: Dataset) -> tuple[jax.Array, Params]:
     """Value and gradient in one pass over the group-sorted rows, S and T as segment sums."""
     accumulate = _accumulate_dtype(params)
-    sign = _outcome_sign(data)
-    signed_eta = sign * _linear_predictor(params, data)
-    value = jnp.sum(-jax.nn.softplus(signed_eta) * jnp.square(sign), dtype=accumulate)
-    residual = -sign * jax.nn.sigmoid(signed_eta)
-    segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
-    S = jax.ops.segment_sum(residual, **segment).astype(accumulate)
-    T = jax.ops.segment_sum(residual[:, None] * data.X, **segment).astype(accumulate)
-    return value, _grad_from_sums(params, S, T)
+    log_p, residual, _ = _row_terms(_outcome_sign(data), _linear_predictor(params, data))
+    S = jax.ops.segment_sum(residual, **_segments(data)).astype(accumulate)
+    T = jax.ops.segment_sum(residual[:, None] * data.X, **_segments(data)).astype(accumulate)
+    return jnp.sum(log_p, dtype=accumulate), _grad_from_sums(params, S, T)
 
 
 def _piece_coefficients(block: Block, intercepts: jax.Array, slopes: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -188,10 +190,8 @@ def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumula
     gather to groups (which would compute them piece by piece, in gather order).
     """
     width = block.X.shape[1]
-    signed_eta = block.sign * jax.lax.optimization_barrier(_block_eta(block, intercepts, slopes))
-    log_p = -jax.nn.softplus(signed_eta) * jnp.square(block.sign)  # padding rows add nothing
-    residual = -block.sign * jax.nn.sigmoid(signed_eta)
-    log_p, residual = jax.lax.optimization_barrier((log_p, residual))
+    eta = jax.lax.optimization_barrier(_block_eta(block, intercepts, slopes))
+    log_p, residual = jax.lax.optimization_barrier(_row_terms(block.sign, eta)[:2])
     S = sum(residual[m] for m in range(width))
     T = sum(residual[m] * block.X[:, m] for m in range(width))
     S, T = jax.lax.optimization_barrier((S, T))
@@ -253,9 +253,8 @@ def _segment_group_terms(params: Params, data: Dataset) -> GroupTerms:
     accumulate = _accumulate_dtype(params)
     log_p, residual, weight = _row_terms(_outcome_sign(data), _linear_predictor(params, data))
     covariates = jnp.concatenate([jnp.ones_like(data.X[:, :1]), data.X], axis=1)
-    segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
     per_row = (log_p, residual[:, None] * covariates, weight[:, None, None] * covariates[:, :, None] * covariates[:, None, :])
-    return GroupTerms(*(jax.ops.segment_sum(t, **segment).astype(accumulate) for t in per_row))
+    return GroupTerms(*(jax.ops.segment_sum(t, **_segments(data)).astype(accumulate) for t in per_row))
 
 
 def _blocked_group_terms(params: Params, data: BlockedDataset) -> GroupTerms:
@@ -278,8 +277,9 @@ def _blocked_group_terms(params: Params, data: BlockedDataset) -> GroupTerms:
 
 
 def group_terms(params: Params, data: Dataset | BlockedDataset) -> GroupTerms:
-    """``GroupTerms`` at ``params``, in either layout: per-row work in the data's dtype, sums
-    in the parameters'. What a per-group Newton step or Laplace approximation needs."""
+    """``GroupTerms`` at ``params``, in either layout: per-row work and sums over a group's rows
+    in the data's dtype, returned in the parameters'. What a per-group Newton step or Laplace
+    approximation needs."""
     if isinstance(data, BlockedDataset):
         return _blocked_group_terms(params, data)
     return _segment_group_terms(params, data)
@@ -306,11 +306,9 @@ def fisher_diagonal(params: Params, data: Dataset) -> Params:
 def likelihood_information(params: Params, data: Dataset) -> Params:
     """The likelihood's part of ``fisher_diagonal``: its global entries are sums over groups."""
     accumulate = _accumulate_dtype(params)
-    p = jax.nn.sigmoid(_linear_predictor(params, data))
-    weight = p * (1 - p) * jnp.square(_outcome_sign(data))
-    segment = dict(segment_ids=data.group_idx, num_segments=data.num_groups, indices_are_sorted=True)
-    Sw = jax.ops.segment_sum(weight, **segment).astype(accumulate)
-    Swx2 = jax.ops.segment_sum(weight[:, None] * jnp.square(data.X), **segment).astype(accumulate)
+    weight = _row_terms(_outcome_sign(data), _linear_predictor(params, data))[2]
+    Sw = jax.ops.segment_sum(weight, **_segments(data)).astype(accumulate)
+    Swx2 = jax.ops.segment_sum(weight[:, None] * jnp.square(data.X), **_segments(data)).astype(accumulate)
     sigma_alpha = jnp.exp(params.log_sigma_alpha)
     sigma_gamma = jnp.exp(params.log_sigma_gamma)
     return Params(

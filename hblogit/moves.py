@@ -3,7 +3,7 @@
 Samplers move in the non-centred space (z ~ N(0, 1), group effect c = location + scale * z),
 where a scale and its G z's are tied: the data pin the c's, so a scale moves only as far as
 all G z's move with it. With many groups that is little per step, and the slope scales are
-the slowest mixers of this model (experiments/RESULTS.md). Two moves go straight along the
+the slowest mixers of this model (experiments/RESULTS.md). Three moves go straight along the
 directions a step finds hard:
 
 - ``interweave``: hold the c's fixed and draw each scale and location from its conditional,
@@ -28,12 +28,12 @@ z_alpha) and each slope k (beta_k, sigma_gamma_k, z_gamma[:, k]).
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from .checks import integer
 from .data import Dataset
 from .layout import BlockedDataset
 from .model import (
@@ -44,6 +44,7 @@ from .model import (
     _SORTED_GATHER,
     Params,
     _linear_predictor,
+    _segments,
     group_terms,
     log_likelihood_of_eta,
     log_prior,
@@ -62,12 +63,6 @@ TRANSPORT_MAX_ROWS_PER_GROUP = 20
 def transport_pays(dataset: Dataset) -> bool:
     """Whether the groups are weakly enough informed for ``transport_scales`` to pay."""
     return dataset.num_obs < TRANSPORT_MAX_ROWS_PER_GROUP * dataset.num_groups
-
-
-def check_passes(passes, name: str = "passes") -> None:
-    """Raise unless ``passes`` is a positive integer (a bool is not one)."""
-    if isinstance(passes, bool) or not isinstance(passes, numbers.Integral) or passes < 1:
-        raise ValueError(f"{name} must be a positive integer, got {passes!r}")
 
 
 def num_groups(params: Params) -> int:
@@ -195,12 +190,11 @@ def transport_scales(
     pass, no gradient. Independent random orders make the sequence of updates as likely
     forwards as backwards, so the whole is reversible, for any number of passes.
     """
-    check_passes(passes)
+    integer(passes, "passes")
     f = families(params)
-    dtype, row_dtype = f.z.dtype, data.X.dtype  # per-row work in the data's dtype, sums in the parameters', as the model
-    num_groups, num_families = f.z.shape
+    dtype, row_dtype = f.z.dtype, data.X.dtype  # per-row work and sums by group in the data's dtype, as the model
+    num_families = f.z.shape[1]
     _, prior_sd_scale = _prior_sds(num_families - 1, dtype)
-    segment = dict(segment_ids=data.group_idx, num_segments=num_groups, indices_are_sorted=True)
     # Every family's covariate as a row of one (K + 1, N) array: reading a column of the
     # row-major X would pass over all of X, once per family.
     covariates = jnp.concatenate([jnp.ones((1, data.num_obs), row_dtype), data.X.T])
@@ -216,7 +210,7 @@ def transport_scales(
         scale, z_k = jnp.exp(log_scale[k]), z[:, k]
         eta_without = eta - x * to_rows(scale * z_k)
         p = jax.nn.sigmoid(eta_without)
-        sums = jax.ops.segment_sum(jnp.stack([(data.y - p) * x, p * (1 - p) * jnp.square(x)], axis=1), **segment)
+        sums = jax.ops.segment_sum(jnp.stack([(data.y - p) * x, p * (1 - p) * jnp.square(x)], axis=1), **_segments(data))
         b, h = sums.astype(dtype).T
         delta = log_scale_sds[k] * TRANSPORT_STEP * jax.random.normal(key_delta, (), dtype)
         new_scale = scale * jnp.exp(delta)
@@ -278,7 +272,7 @@ def refresh_effects(key, params: Params, data: Dataset | BlockedDataset, newton_
     N(0, I)) to the proposal. Costs ``newton_steps`` + 2 passes over the rows (the last two
     for the likelihood alone) and a (K + 1)-square Cholesky factorisation per group and step.
     """
-    check_passes(newton_steps, "newton_steps")
+    integer(newton_steps, "newton_steps")
     f = families(params)
     z = jnp.zeros_like(f.z)
     for _ in range(newton_steps - 1):

@@ -155,3 +155,32 @@ def test_converters_round_trip(dataset):
     back = point_to_params(params_to_point(params))
     for a, b in zip(params, back):
         np.testing.assert_array_equal(a, b)
+
+
+def test_padding_rows_add_nothing_to_any_form_of_the_likelihood():
+    """A padding row (y = 1/2, as hblogit.sharding pads shards) adds nothing to the value, the
+    gradient or the information, in every function that sums over rows."""
+    import equinox as eqx
+
+    from hblogit.model import group_terms, likelihood_information, log_likelihood_of_eta
+
+    X, y, g = random_problem(11, num_obs=60, num_groups=6, num_covariates=3)
+    real = hblogit.Dataset(X, y, g)
+    padded = hblogit.Dataset(np.concatenate([X, X[:5]]), np.concatenate([y, y[:5]]), np.concatenate([g, g[:5]]))
+    is_copy = np.zeros(65, bool)
+    is_copy[np.argsort(np.asarray(padded.order))[60:]] = True  # where the five copied rows sit after sorting
+    padded = eqx.tree_at(lambda d: d.y, padded, jnp.where(is_copy, 0.5, padded.y))
+    params = hblogit.make_logdensity(real).init_params(jax.random.PRNGKey(0))
+    eta = hblogit.model._linear_predictor(params, padded)
+    np.testing.assert_allclose(
+        log_likelihood_of_eta(eta, padded, jnp.float64),
+        log_likelihood_of_eta(hblogit.model._linear_predictor(params, real), real, jnp.float64),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(log_likelihood(params, padded), log_likelihood(params, real), rtol=1e-12)
+    for ours, theirs in zip(jax.grad(log_likelihood)(params, padded), jax.grad(log_likelihood)(params, real)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    for ours, theirs in zip(likelihood_information(params, padded), likelihood_information(params, real)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    for ours, theirs in zip(group_terms(params, padded), group_terms(params, real)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
