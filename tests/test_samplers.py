@@ -231,3 +231,17 @@ def test_numpyro_nuts_without_numpyro_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpyro" else real_find_spec(name, *a))
     with pytest.raises(ValueError, match=r"pip install 'hblogit\[numpyro\]'"):
         get_sampler("numpyro-nuts")
+
+
+def test_mams_trajectory_lengths_differ_between_seeds():
+    """MAMS draws its trajectory lengths from a key in its state, seeded in ``init`` (which gets
+    no key): warm-up must reseed it from the run's key, or every seed shares one sequence."""
+    logdensity = hblogit.make_logdensity(hblogit.simulate(300, 12, 2, seed=1).dataset())
+    positions = jax.vmap(logdensity.init_params)(jax.random.split(jax.random.PRNGKey(0), 2))
+    sampler = get_sampler("mams")
+    state = sampler.init(positions, logdensity, 10, jnp.ones((2, logdensity.dataset.num_params)))
+    streams = [
+        jax.random.key_data(sampler.warmup_step(jax.random.key(seed), state, logdensity, 0)[0].chain.random_generator_arg)
+        for seed in (0, 1)
+    ]
+    assert not np.array_equal(streams[0], streams[1])

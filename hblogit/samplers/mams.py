@@ -83,6 +83,11 @@ class MAMS(TunedAtOnce):
         kernel = self._kernel()
 
         def one_chain(key, chain, params):
+            # The trajectory lengths come from the state's own key, which _init (given no key
+            # by the protocol) seeds alike for every run: reseed it from this run's key, so
+            # that runs with different seeds do not share one sequence of lengths.
+            key, key_lengths = jax.random.split(key)
+            chain = chain._replace(random_generator_arg=key_lengths)
             chain, params, integration_steps = blackjax.adjusted_mclmc_find_L_and_step_size(
                 kernel,
                 logdensity,
