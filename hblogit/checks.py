@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import Counter
 
 
 def integer(value, name: str, low: int = 1) -> int:
@@ -16,6 +17,11 @@ def integer(value, name: str, low: int = 1) -> int:
         what = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def repeated(names) -> list:
+    """The names that occur more than once in ``names``, sorted: what to name in the error."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 def real(value, name: str, low: float | None = None, high: float | None = None, *, closed: bool = False) -> float:

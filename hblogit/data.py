@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checks import integer
+from .checks import integer, repeated
 
 
 class Truth(NamedTuple):
@@ -116,9 +116,9 @@ class Dataset(eqx.Module):
             raise ValueError(
                 f"covariate_names has {len(covariate_names)} names but X has {num_covariates} columns"
             )
-        if len(set(covariate_names)) != num_covariates:
-            repeated = sorted({c for c in covariate_names if covariate_names.count(c) > 1})
-            raise ValueError(f"covariate_names repeats {', '.join(map(repr, repeated))}: each covariate needs its own name")
+        twice = repeated(covariate_names)
+        if twice:
+            raise ValueError(f"covariate_names repeats {', '.join(map(repr, twice))}: each covariate needs its own name")
         if group_labels is not None:
             group_labels = tuple(np.asarray(group_labels).tolist())
             if len(group_labels) != num_groups:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .checks import repeated
 from .data import Dataset
 
 SUPPORTED = (".csv", ".parquet", ".npz")
@@ -86,7 +87,7 @@ def _npz_table(path: Path) -> pd.DataFrame:
             raise ValueError(
                 f"'covariate_names' in {path.name} has {len(names)} names but 'X' has {X.shape[1]} columns"
             )
-        clash = sorted({n for n in names if names.count(n) > 1 or n in columns})
+        clash = sorted({*repeated(names), *(n for n in names if n in columns)})
         if clash:
             raise ValueError(f"covariate name(s) {', '.join(map(repr, clash))} in {path.name} are repeated or also a 1-D array's key")
         columns.update(zip(names, X.T))
@@ -123,9 +124,9 @@ def _covariate_columns(table, outcome, group, covariates, where) -> tuple[str, .
         if not covariates:
             raise ValueError(f"no numeric covariate columns {where} besides {outcome!r} and {group!r}")
     covariates = (covariates,) if isinstance(covariates, str) else tuple(covariates)
-    repeated = sorted({c for c in covariates if covariates.count(c) > 1})
-    if repeated:
-        raise ValueError(f"covariate(s) {', '.join(map(repr, repeated))} requested more than once")
+    twice = repeated(covariates)
+    if twice:
+        raise ValueError(f"covariate(s) {', '.join(map(repr, twice))} requested more than once")
     clash = [c for c in covariates if c in (outcome, group)]
     if clash:
         raise ValueError(f"covariate(s) {', '.join(map(repr, clash))} also used as outcome or group")
