@@ -136,7 +136,7 @@ def main(argv=None):
     )
     tree = nuts_tree(logdensity, dataset.num_params)
     trees = {"": jax.jit(tree)}
-    if args.chains > 1:  # the two chain methods of hblogit's nuts (samplers/base.py, map_chains)
+    if args.chains > 1:  # the two chain methods of hblogit's nuts (samplers/base.py, each_chain)
         trees = {", vmap": jax.jit(jax.vmap(tree)), ", sequential": jax.jit(lambda p: jax.lax.map(tree, p))}
     for method, batched in trees.items():
         steps = np.asarray(batched(point)[1])

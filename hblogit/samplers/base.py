@@ -92,16 +92,18 @@ def check_chain_method(chain_method: str) -> None:
         raise ValueError(f"chain_method must be one of {', '.join(map(repr, CHAIN_METHODS))}, got {chain_method!r}")
 
 
-def map_chains(fn, sequential: bool, *args):
-    """``fn`` applied to each chain of ``args`` (the leading axis of every leaf), results stacked.
+def each_chain(fn, key, *chains, sequential: bool = False):
+    """``fn(chain_key, *chain_args)`` for every chain of ``chains`` (the leading axis of every
+    leaf), each chain with its own key split from ``key``; results stacked.
 
-    ``jax.vmap`` runs the chains in lock step: one program for all chains, data read once per
-    step for all of them, but a loop with a data-dependent trip count (NUTS' tree building)
-    runs until every chain is done, and every carried array is copied through a select at
-    each iteration, so the chains not moving still pay. ``sequential`` (``jax.lax.map``) runs
-    one chain after the other inside the same compiled program: no selects and no waiting,
-    but no sharing between chains either.
+    By default ``jax.vmap`` runs the chains in lock step: one program for all chains, data
+    read once per step for all of them, but a loop with a data-dependent trip count (NUTS'
+    tree building) runs until every chain is done, and every carried array is copied
+    through a select at each iteration, so the chains not moving still pay. ``sequential``
+    (``jax.lax.map``) runs one chain after the other inside the same compiled program: no
+    selects and no waiting, but no sharing between chains either.
     """
+    args = (chain_keys(key, num_chains(chains)), *chains)
     if sequential:
         return jax.lax.map(lambda chain_args: fn(*chain_args), args)
     return jax.vmap(fn)(*args)

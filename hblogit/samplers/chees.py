@@ -13,7 +13,7 @@ from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.mcmc import dynamic_hmc
 
 from .. import checks
-from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
+from .base import dimension, each_chain, neutral_stats, refuse_if_too_big, register
 from .tuned import FlatTunedAtOnce, flat_logdensity, flatten
 
 HALTON_BITS = 20  # the jitter sequence repeats after 2**20 draws
@@ -119,4 +119,4 @@ class ChEES(FlatTunedAtOnce):
             )
             return chain, stats
 
-        return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain)
+        return each_chain(one_chain, key, chain)

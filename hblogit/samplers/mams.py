@@ -10,7 +10,7 @@ from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 from blackjax.mcmc.adjusted_mclmc_dynamic import make_random_trajectory_length_fn
 
 from .. import checks
-from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
+from .base import chain_keys, dimension, each_chain, neutral_stats, refuse_if_too_big, register
 from .tuned import TunedAtOnce
 
 GRADIENTS_PER_STEP = 2  # isokinetic McLachlan: two force stages per integration step
@@ -102,7 +102,7 @@ class MAMS(TunedAtOnce):
             )
             return chain, params, GRADIENTS_PER_STEP * integration_steps
 
-        return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain, params)
+        return each_chain(one_chain, key, chain, params)
 
     def _transition(self, key, chain, params, logdensity):
         kernel = self._kernel()
@@ -116,4 +116,4 @@ class MAMS(TunedAtOnce):
             )
             return chain, stats
 
-        return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain, params)
+        return each_chain(one_chain, key, chain, params)

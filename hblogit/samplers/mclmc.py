@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 
 from .. import checks
-from .base import chain_keys, dimension, neutral_stats, refuse_if_too_big, register
+from .base import chain_keys, dimension, each_chain, neutral_stats, refuse_if_too_big, register
 from .tuned import TunedAtOnce
 
 GRADIENTS_PER_STEP = 2  # the default integrator, isokinetic McLachlan, has two force stages
@@ -118,7 +118,7 @@ class MCLMC(TunedAtOnce):
             )
             return chain, params
 
-        chain, params = jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain, params)
+        chain, params = each_chain(one_chain, key, chain, params)
         steps = self.pilot_steps + tuning_steps(num_warmup, self.frac_tune1, self.frac_tune2, self.frac_tune3)
         return chain, params, jnp.full(chain.logdensity.shape, GRADIENTS_PER_STEP * steps, jnp.int32)
 
@@ -130,4 +130,4 @@ class MCLMC(TunedAtOnce):
             lp = chain.logdensity
             return chain, neutral_stats(lp, jnp.ones_like(lp), ~info.nonans, GRADIENTS_PER_STEP, params.step_size)
 
-        return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain, params)
+        return each_chain(one_chain, key, chain, params)

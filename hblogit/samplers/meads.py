@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from blackjax.adaptation.meads_adaptation import maximum_eigenvalue
 
 from .. import checks
-from .base import chain_keys, neutral_stats, num_chains, refuse_if_too_big, register
+from .base import chain_keys, each_chain, neutral_stats, num_chains, refuse_if_too_big, register
 from .tuned import FlatTunedAtOnce, flat_logdensity, flatten
 
 
@@ -177,4 +177,4 @@ class MEADS(FlatTunedAtOnce):
             stats = neutral_stats(chain.logdensity, info.acceptance_rate, info.is_divergent, 1, params.step_size, info.energy)
             return chain, stats
 
-        return jax.vmap(one_chain)(chain_keys(key, chain.logdensity.shape[0]), chain)
+        return each_chain(one_chain, key, chain)

@@ -26,7 +26,7 @@ from blackjax.adaptation.window_adaptation import build_schedule
 from .. import checks
 from .. import moves as model_moves
 from ..data import Dataset
-from .base import StepStats, chain_keys, check_chain_method, map_chains
+from .base import StepStats, check_chain_method, each_chain
 
 
 class WindowState(NamedTuple):
@@ -104,7 +104,7 @@ class WindowAdapted(eqx.Module):
     BlackJAX's ``HMCState`` (``blackjax.hmc.init``).
 
     ``chain_method``: ``"vmap"`` (chains in lock step), ``"sequential"`` (one after the
-    other in the same program; see ``base.map_chains``) or ``"auto"``, which asks the
+    other in the same program; see ``base.each_chain``) or ``"auto"``, which asks the
     subclass's ``_auto_sequential``: vmap unless it says otherwise.
 
     Scale moves (``hblogit.moves``), after every transition, warm-up included: the slope and
@@ -229,9 +229,8 @@ class WindowAdapted(eqx.Module):
             adaptation = update(adaptation, stage, window_end, chain.position, stats.acceptance_rate)
             return chain, adaptation, stats
 
-        keys = chain_keys(key, state.chain.logdensity.shape[0])
         sequential = self.sequential(state.chain.position)
-        chain, adaptation, stats = map_chains(one_chain, sequential, keys, state.chain, state.adaptation)
+        chain, adaptation, stats = each_chain(one_chain, key, state.chain, state.adaptation, sequential=sequential)
         return WarmupState(chain, adaptation, state.schedule), stats
 
     def finish_warmup(self, state):
@@ -240,11 +239,10 @@ class WindowAdapted(eqx.Module):
         return TunedState(state.chain, step_size, inverse_mass_matrix)
 
     def step(self, key, state, logdensity):
-        keys = chain_keys(key, state.chain.logdensity.shape[0])
-        chain, stats = map_chains(
+        chain, stats = each_chain(
             lambda k, c, s, m: self._move(k, c, logdensity, s, m),
-            self.sequential(state.chain.position),
-            keys, state.chain, state.step_size, state.inverse_mass_matrix,
+            key, state.chain, state.step_size, state.inverse_mass_matrix,
+            sequential=self.sequential(state.chain.position),
         )
         return TunedState(chain, state.step_size, state.inverse_mass_matrix), stats
 
