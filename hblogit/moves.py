@@ -44,6 +44,8 @@ from .model import (
     _SORTED_GATHER,
     Params,
     _linear_predictor,
+    _outcome_sign,
+    _row_terms,
     _segments,
     group_terms,
     log_likelihood_of_eta,
@@ -198,6 +200,7 @@ def transport_scales(
     # Every family's covariate as a row of one (K + 1, N) array: reading a column of the
     # row-major X would pass over all of X, once per family.
     covariates = jnp.concatenate([jnp.ones((1, data.num_obs), row_dtype), data.X.T])
+    sign = _outcome_sign(data)
 
     def to_rows(per_group):
         return per_group.astype(row_dtype).at[data.group_idx].get(**_SORTED_GATHER)
@@ -209,8 +212,8 @@ def transport_scales(
         x = jax.lax.dynamic_index_in_dim(covariates, k, axis=0, keepdims=False)
         scale, z_k = jnp.exp(log_scale[k]), z[:, k]
         eta_without = eta - x * to_rows(scale * z_k)
-        p = jax.nn.sigmoid(eta_without)
-        sums = jax.ops.segment_sum(jnp.stack([(data.y - p) * x, p * (1 - p) * jnp.square(x)], axis=1), **_segments(data))
+        _, residual, weight = _row_terms(sign, eta_without)
+        sums = jax.ops.segment_sum(jnp.stack([residual * x, weight * jnp.square(x)], axis=1), **_segments(data))
         b, h = sums.astype(dtype).T
         delta = log_scale_sds[k] * TRANSPORT_STEP * jax.random.normal(key_delta, (), dtype)
         new_scale = scale * jnp.exp(delta)
