@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint, checks, results, runner, sharding
-from .cli import add_data_arguments, cli_errors, load_data
+from .cli import add_compile_cache_argument, add_data_arguments, cli_errors, load_data, use_compile_cache
 from .data import Dataset
 from .model import LAYOUTS, choose_layout, make_logdensity
 from .samplers import SAMPLERS, get_sampler
@@ -173,6 +173,7 @@ def fit(
         "versions": _versions(),
         "device": f"{device.platform}: {device.device_kind}" + (f" x {devices}" if devices > 1 else ""),
         "timings": result.timings,
+        "compile_cache": jax.config.jax_compilation_cache_dir,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return results.to_datatree(result, dataset, record)
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="data layout of the log-density on one device: segment sums, dense blocks, or blocks summed by one fused GPU kernel (default: auto)",
     )
+    add_compile_cache_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -280,6 +282,7 @@ def main(argv=None, *, on_checkpoint=None) -> int:
             f"--platform gpu: JAX sees no GPU here (its backend is {jax.default_backend()!r}); "
             "a GPU machine needs JAX's CUDA build: pip install 'hblogit[gpu]'"
         )
+    use_compile_cache(args.compile_cache)
     loaded = load_data(args, default_preset="seed" if on_gpu else "small")
     reason = ""
     if not (args.data or args.preset):

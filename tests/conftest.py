@@ -1,10 +1,18 @@
-"""Tests run in float64 by default (the oracle comparisons need it); float32 is explicit."""
+"""Tests run in float64 by default (the oracle comparisons need it); float32 is explicit.
+
+The command line's compile cache is off (for the tests' subprocesses too): the suite compiles
+thousands of programs once each, and writing them all cost more time than the few
+repeats saved (858 s against 775 s on two cores). tests/test_compile_cache.py turns it on.
+"""
+
+import os
 
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+os.environ["HBLOGIT_COMPILE_CACHE"] = "off"
 
 
 def random_problem(seed, num_obs, num_groups, num_covariates, *, empty_group=True, dtype=np.float64):
