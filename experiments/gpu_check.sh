@@ -6,7 +6,8 @@
 #      jaxified gradient, C = 1, 4, 8,
 #   3. python -m hblogit.fit --preset seed, 4 chains; run it again on the same machine (same
 #      WARMUP, DRAWS, FIT_ARGS) and it goes on from its checkpoint: a 1000 + 1000 seed fit
-#      (~10 min on an H200) takes two calls.
+#      (~10 min on an H200) takes two calls; the second reads the first's compiled programs
+#      back from the fit's compile cache (~/.cache/hblogit/jax) instead of compiling them.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time
 # (the small preset, 100 + 100 steps, whatever WARMUP and DRAWS say).
