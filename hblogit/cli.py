@@ -116,20 +116,24 @@ def use_compile_cache(setting: str | None) -> None:
     default) to compile is written there, and read back instead of compiled by a later run
     of the same sizes and options: at the small preset, the run's compile time falls from
     about 19 s to 3-4 s (experiments/RESULTS.md). Caching the many shorter programs too
-    gained nothing there. The folder is made private to the user: JAX runs what it finds
-    there. A folder the user names that cannot be used is an error; the default one, a
-    warning, and the run goes on without a cache.
+    gained nothing there. A folder made here is private to the user: JAX runs what it finds
+    there. A folder the user names (option or environment) that cannot be used is an error
+    naming where it was named; the default one, a warning, and the run goes on without a
+    cache.
     """
-    explicit = setting is not None or COMPILE_CACHE_ENV in os.environ
-    if setting is None:
-        setting = os.environ.get(COMPILE_CACHE_ENV)
-    if setting is None and jax.config.jax_compilation_cache_dir:
+    if setting is not None:
+        source = "--compile-cache"
+    elif COMPILE_CACHE_ENV in os.environ:
+        source, setting = COMPILE_CACHE_ENV, os.environ[COMPILE_CACHE_ENV]
+    elif jax.config.jax_compilation_cache_dir:
         return  # the user's own JAX setting
+    else:
+        source = None  # the default folder
     folder = None if setting in ("off", "") else Path(setting) if setting else default_compile_cache()
     if folder is not None:
         problem = _unwritable(folder)
-        if problem and explicit:
-            raise ValueError(f"--compile-cache: cannot use {folder}: {problem}")
+        if problem and source:
+            raise ValueError(f"{source}: cannot use {folder}: {problem}")
         if problem:
             print(f"warning: no compile cache: cannot use {folder} ({problem})", file=sys.stderr)
             folder = None

@@ -98,8 +98,11 @@ def test_a_default_folder_that_cannot_be_made_warns_and_runs_without(tmp_path, m
     assert capsys.readouterr().err.startswith("warning: no compile cache: cannot use")
 
 
-def test_a_folder_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys):
+def test_a_folder_that_cannot_be_made_is_a_one_line_error_naming_where_it_was_asked(tmp_path, monkeypatch, capsys):
     (tmp_path / "a_file").write_text("")
     assert main(["--preset", "small", "--compile-cache", str(tmp_path / "a_file" / "cache"), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: --compile-cache: cannot use") and "\n" not in error
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "a_file" / "cache"))
+    assert main(["--preset", "small", "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {COMPILE_CACHE_ENV}: cannot use")
