@@ -12,7 +12,7 @@ size N is written back: the outputs are per piece.
 Only the per-piece parameters (a gather of G rows) and the per-piece sums' way back to the
 groups stay in XLA (``model._blocked_value_and_grad``).
 
-Not yet measured on a GPU. What to expect: one thread per piece gives ~130k threads at the
+Not yet timed on a GPU. What to expect: one thread per piece gives ~130k threads at the
 post's size, a fraction of what an H100 holds at once, so the kernel leans on the K
 independent loads per row to keep memory busy. Vmapped over chains (``piece_sums``'s own
 batching rule) a program evaluates several chains per row it loads, so X is read once per
@@ -20,10 +20,14 @@ group of chains (``chains_per_program``), not once per chain. JAX 0.12 deprecate
 Triton backend in favour of Mosaic GPU; jax 0.11, on the GPU machines measured so far, has it.
 
 Triton wants power-of-two block shapes; here every load is a (TILE,) vector, so K and the
-block widths can be anything (the loops over them are unrolled). The last tile of a block
-is masked. On a CPU the same kernel runs in Pallas' interpreter: slow, but it is how the
-tests check it against the oracle on a machine without a GPU, and ``lowers_for_gpu``
-checks that it lowers to Triton for a given card.
+block widths can be anything. The loops over K and the chains are unrolled; the loop over a
+block's rows is a loop. Unrolled, the kernel grew with the width (Triton modules of 650 kB
+at 32 rows against 110 kB at 4, K = 20, one chain; 60 kB at either width as a loop), and on
+an H100 with jax 0.11.2 the fused value-and-gradient had not compiled after about 90 s
+(experiments/RESULTS.md). The last tile of a block is masked. On a CPU the same kernel runs
+in Pallas' interpreter: slow, but it is how the tests check it against the oracle on a
+machine without a GPU, and ``lowers_for_gpu`` checks that it lowers to Triton for a given
+card.
 """
 
 from __future__ import annotations
@@ -64,12 +68,11 @@ def _kernel(intercept_ref, slopes_ref, x_ref, sign_ref, log_p_ref, s_ref, t_ref,
 
     intercept = [load(intercept_ref.at[c, tile]) for c in chain_ids]
     slopes = [[load(slopes_ref.at[c, _index(k), tile]) for k in range(num_covariates)] for c in chain_ids]
-    zero = jnp.zeros((TILE,), x_ref.dtype)
-    log_p, S = [zero] * chains, [zero] * chains
-    T = [[zero] * num_covariates for _ in range(chains)]
-    for m in range(width):
-        x = [load(x_ref.at[_index(k), _index(m), tile]) for k in range(num_covariates)]
-        sign = load(sign_ref.at[_index(m), tile])  # 0 on padding rows and masked pieces
+
+    def add_row(m, sums):
+        log_p, S, T = sums
+        x = [load(x_ref.at[_index(k), m, tile]) for k in range(num_covariates)]
+        sign = load(sign_ref.at[m, tile])  # 0 on padding rows and masked pieces
         for c in range(chains):
             eta = intercept[c]
             for k in range(num_covariates):
@@ -79,6 +82,11 @@ def _kernel(intercept_ref, slopes_ref, x_ref, sign_ref, log_p_ref, s_ref, t_ref,
             residual = -sign * jax.nn.sigmoid(signed_eta)
             S[c] = S[c] + residual
             T[c] = [t + residual * xk for t, xk in zip(T[c], x)]
+        return log_p, S, T
+
+    zero = jnp.zeros((TILE,), x_ref.dtype)
+    start_sums = ([zero] * chains, [zero] * chains, [[zero] * num_covariates for _ in range(chains)])
+    log_p, S, T = jax.lax.fori_loop(0, width, add_row, start_sums)
     for c, chain in enumerate(chain_ids):
         store(log_p_ref.at[chain, tile], log_p[c])
         store(s_ref.at[chain, tile], S[c])

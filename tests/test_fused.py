@@ -14,11 +14,23 @@ def test_kernel_lowers_to_triton_for_the_post_shapes(dtype, chains):
     """Triton's lowering (power-of-two shapes, supported ops) at the post's K = 20 and the
     widest block (32 rows), with a last tile only part full, for one chain and for four
     vmapped; the PTX compile needs the GPU."""
-    K, width, pieces = 20, 32, 3 * fused.TILE + 5
+    module = fused.lowers_for_gpu(kernel_arguments(width=32, chains=chains, dtype=dtype))
+    assert module.count("xla.gpu.triton") == 1  # one kernel, whatever the chains
+
+
+def kernel_arguments(width, chains, dtype, K=20, pieces=3 * fused.TILE + 5):
+    """``piece_sums``'s arguments' shapes (vmapped over ``chains`` if any)."""
     batch = (chains,) if chains else ()
     shapes = [(*batch, pieces), (*batch, K, pieces), (K, width, pieces), (width, pieces)]
-    module = fused.lowers_for_gpu([jax.ShapeDtypeStruct(s, dtype) for s in shapes])
-    assert module.count("xla.gpu.triton") == 1  # one kernel, whatever the chains
+    return [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
+
+
+def test_kernel_does_not_grow_with_the_block_width():
+    """The loop over a block's rows stays a loop in the Triton module: unrolled, the module
+    was 5x larger at 32 rows than at 4 (K = 20, 4 chains), and its first compile on an H100
+    had not ended after about 90 s."""
+    at_4, at_32 = (len(fused.lowers_for_gpu(kernel_arguments(width, 4, jnp.float32))) for width in (4, 32))
+    assert at_32 < 1.02 * at_4
 
 
 @pytest.mark.parametrize("num_chains, per_program", [(8, 8), (24, 12)])
