@@ -1,11 +1,13 @@
 """Time one log-density value-and-gradient at the post's size, hblogit against PyMC.
 
     python experiments/bench_gradient.py [--platform cpu|gpu] [--chains C] [--repeats R] [--skip-pymc]
+                                         [--layouts L,...] [--gradient-only]
 
 Contenders, in one process, on the same data and at the same float32 point:
   hblogit (L)      jax.jit(jax.value_and_grad(make_logdensity(dataset, layout=L))), vmapped over
-                   C chains when C > 1; the layout "auto" picks is listed first, then the others
-                   (on a GPU also "fused", hblogit.fused's one-pass kernel)
+                   C chains when C > 1; by default the layout "auto" picks is listed first, then
+                   the others (on a GPU also "fused", hblogit.fused's one-pass kernel);
+                   --layouts names them instead, in order
   leapfrog         one BlackJAX velocity-Verlet step (diagonal metric) with the auto layout:
                    the gradient plus the sampler's own vector work, timed over a scan of
                    LEAPFROG_STEPS steps; its "per chain" column is per chain and step
@@ -23,6 +25,8 @@ Contenders, in one process, on the same data and at the same float32 point:
                    number; CPU runs only (it never uses the accelerator)
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
 PyMC evaluates one chain; the "per chain" column divides by the chains each call evaluates.
+--gradient-only keeps the hblogit and PyMC rows. Each contender's first call (its compile)
+is reported on stderr as it ends, so a compile that does not end shows whose it is.
 
 Timing: three rounds, each timing every contender for R back-to-back calls (see
 interleaved_medians); medians over all rounds are reported.
@@ -47,26 +51,52 @@ import sys
 import time
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark_parser(description, *, chains: int, chains_help: str, repeats: int) -> argparse.ArgumentParser:
+    """The options the benchmarks here share: the platform, the problem's size (the post's by
+    default), chains, repeats and --smoke (see ``smoke_sized``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None, help="JAX platform (default: JAX's choice)")
     parser.add_argument("--num-obs", type=int, default=1_000_000)
     parser.add_argument("--num-groups", type=int, default=100_000)
     parser.add_argument("--num-covariates", type=int, default=20)
-    parser.add_argument("--chains", type=int, default=1, help="chains evaluated at once (vmap) by hblogit")
-    parser.add_argument("--repeats", type=int, default=10, help="timed evaluations per contender and round")
-    parser.add_argument("--skip-pymc", action="store_true", help="time hblogit alone (no PyMC installed)")
+    parser.add_argument("--chains", type=int, default=chains, help=chains_help)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per contender and round")
     parser.add_argument("--smoke", action="store_true", help="a tiny size, to check the script runs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def smoke_sized(args, repeats: int):
+    """``args`` at the tiny size and ``repeats`` if --smoke asked for them."""
     if args.smoke:
-        args.num_obs, args.num_groups, args.repeats = 20_000, 2_000, 3
+        args.num_obs, args.num_groups, args.repeats = 20_000, 2_000, repeats
     return args
 
 
-def first_call_seconds(fn):
+def parse_args(argv=None):
+    parser = benchmark_parser(__doc__, chains=1, chains_help="chains evaluated at once (vmap) by hblogit", repeats=10)
+    parser.add_argument("--skip-pymc", action="store_true", help="time hblogit alone (no PyMC installed)")
+    parser.add_argument("--layouts", default=None,
+                        help="comma-separated hblogit layouts to time, in order (default: auto's pick, then the others)")
+    parser.add_argument("--gradient-only", action="store_true", help="no leapfrog, NUTS or scale-move rows")
+    args = smoke_sized(parser.parse_args(argv), repeats=3)
+    if args.layouts is not None:
+        args.layouts = args.layouts.split(",")
+        unknown = [layout for layout in args.layouts if layout not in LAYOUTS]
+        if unknown:
+            parser.error(f"--layouts: unknown {', '.join(unknown)} (choose from {', '.join(LAYOUTS)})")
+    return args
+
+
+LAYOUTS = ("auto", "blocked", "segment", "fused")
+
+
+def first_call_seconds(name, fn):
+    """Seconds of fn's first call (its compile included), also reported on stderr at once."""
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    print(f"# first call of {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    return seconds
 
 
 def interleaved_medians(fns, repeats, rounds=3):
@@ -122,29 +152,19 @@ def main(argv=None):
 
     contenders = []  # (name, chains per call, fn)
     auto = choose_layout(dataset)
-    # fused runs its GPU kernel on a GPU only (on a CPU, Pallas' interpreter: no timing)
-    others = ["blocked", "segment"] + (["fused"] if jax.default_backend() == "gpu" else [])
-    for layout in (auto, *(layout for layout in others if layout != auto)):
+    on_gpu = jax.default_backend() == "gpu"
+    if args.layouts is None:  # fused runs its kernel on a GPU only (on a CPU, Pallas' interpreter)
+        others = ["blocked", "segment"] + (["fused"] if on_gpu else [])
+        args.layouts = [auto, *(layout for layout in others if layout != auto)]
+    elif "fused" in args.layouts and not on_gpu:
+        sys.exit("bench_gradient.py: the fused layout is timed on a GPU only (on a CPU it runs in Pallas' interpreter)")
+    for layout in args.layouts:
         value_and_grad = jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout))
         value_and_grad = jax.jit(jax.vmap(value_and_grad) if args.chains > 1 else value_and_grad)
         contenders.append((f"hblogit ({layout})", args.chains, lambda f=value_and_grad: block(f(point))))
-    logdensity = hblogit.make_logdensity(dataset)
-    trajectory = jax.jit(leapfrog_trajectory(logdensity, dataset.num_params))
-    trajectory = jax.jit(jax.vmap(trajectory)) if args.chains > 1 else trajectory
-    contenders.append(
-        (f"{LEAPFROG_STEPS} leapfrog steps ({auto})", args.chains * LEAPFROG_STEPS, lambda: block(trajectory(point)))
-    )
-    tree = nuts_tree(logdensity, dataset.num_params)
-    trees = {"": jax.jit(tree)}
-    if args.chains > 1:  # the two chain methods of hblogit's nuts (samplers/base.py, each_chain)
-        trees = {", vmap": jax.jit(jax.vmap(tree)), ", sequential": jax.jit(lambda p: jax.lax.map(tree, p))}
-    for method, batched in trees.items():
-        steps = np.asarray(batched(point)[1])
-        if np.any(steps != 2**NUTS_DEPTH - 1):
-            print(f"# warning: NUTS trees took {np.unique(steps).tolist()} leapfrog steps, not {2**NUTS_DEPTH - 1}")
-        name = f"NUTS tree, depth {NUTS_DEPTH} ({auto}{method})"
-        contenders.append((name, args.chains * 2**NUTS_DEPTH, lambda f=batched: block(f(point))))
-    moves = scale_moves(dataset)
+    moves = {} if args.gradient_only else scale_moves(dataset)
+    if not args.gradient_only:
+        contenders += sampler_contenders(hblogit.make_logdensity(dataset), dataset.num_params, auto, args.chains, point, block)
     for name, move in moves.items():
         move = jax.jit(jax.vmap(move) if args.chains > 1 else move)
         contenders.append((name, args.chains, lambda f=move: block(f(point))))
@@ -152,7 +172,7 @@ def main(argv=None):
         with_pytensor = jax.default_backend() == "cpu"
         contenders += pymc_contenders(sim, jax.tree.map(np.asarray, single_point), block, with_pytensor)
 
-    first = [first_call_seconds(fn) for _, _, fn in contenders]
+    first = [first_call_seconds(name, fn) for name, _, fn in contenders]
     medians = interleaved_medians([fn for _, _, fn in contenders], args.repeats)
     bandwidth = copy_bandwidth(jax, args.repeats)
     floor_s = floor_bytes(args, dataset.num_params, 4) / bandwidth
@@ -171,6 +191,27 @@ def main(argv=None):
         per_chain = seconds / chains
         fraction = f"{floor_s / seconds:.2f}" if chains == args.chains and name not in moves else "-"
         print(f"| {name} | {seconds * 1e3:.2f} | {per_chain * 1e3:.2f} | {first_s:.2f} | {per_chain / base:.2f} | {fraction} |")
+
+
+def sampler_contenders(logdensity, num_params, layout, chains, point, block):
+    """The leapfrog and NUTS-tree rows: (name, chain-steps per call, fn)."""
+    import jax
+    import numpy as np
+
+    trajectory = jax.jit(leapfrog_trajectory(logdensity, num_params))
+    trajectory = jax.jit(jax.vmap(trajectory)) if chains > 1 else trajectory
+    contenders = [(f"{LEAPFROG_STEPS} leapfrog steps ({layout})", chains * LEAPFROG_STEPS, lambda: block(trajectory(point)))]
+    tree = nuts_tree(logdensity, num_params)
+    trees = {"": jax.jit(tree)}
+    if chains > 1:  # the two chain methods of hblogit's nuts (samplers/base.py, each_chain)
+        trees = {", vmap": jax.jit(jax.vmap(tree)), ", sequential": jax.jit(lambda p: jax.lax.map(tree, p))}
+    for method, batched in trees.items():
+        steps = np.asarray(batched(point)[1])
+        if np.any(steps != 2**NUTS_DEPTH - 1):
+            print(f"# warning: NUTS trees took {np.unique(steps).tolist()} leapfrog steps, not {2**NUTS_DEPTH - 1}")
+        name = f"NUTS tree, depth {NUTS_DEPTH} ({layout}{method})"
+        contenders.append((name, chains * 2**NUTS_DEPTH, lambda f=batched: block(f(point))))
+    return contenders
 
 
 LEAPFROG_STEPS = 20

@@ -1,6 +1,6 @@
 """The log-density and gradient on the accelerator against float64 on the CPU, same point.
 
-    python experiments/gpu_agreement.py [--smoke]
+    python experiments/gpu_agreement.py [--smoke] [--layouts auto,fused]
 
 The CPU float64 path is the one the test suite checks against PyMC to 1e-10; this script
 shows the accelerator gives the same numbers: float64 on the device to rounding, and the
@@ -31,6 +31,7 @@ def value_and_grad_on(device, dataset, params, layout="auto"):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the small preset instead of the post's size")
+    parser.add_argument("--layouts", default="auto,fused", help="comma-separated layouts, checked in this order (default: auto,fused)")
     args = parser.parse_args(argv)
     sim = hblogit.simulate(**PRESETS["small" if args.smoke else "seed"])
     data32 = sim.dataset()
@@ -44,8 +45,8 @@ def main(argv=None):
     print(f"# {device.platform} ({device.device_kind}) against CPU float64; N={data64.num_obs:,} G={data64.num_groups:,} K={data64.num_covariates}")
     print("| mode on the device | layout | value rel. error | gradient max abs error / max abs gradient |")
     print("| --- | --- | ---: | ---: |")
-    for mode, data, point in (("float64", data64, params), ("mixed", data32, params), ("float32", data32, params32)):
-        for layout in ("auto", "fused"):
+    for layout in args.layouts.split(","):
+        for mode, data, point in (("float64", data64, params), ("mixed", data32, params), ("float32", data32, params32)):
             value, grad = value_and_grad_on(device, data, point, layout)
             print(f"| {mode} | {layout} | {abs(value - ref_value) / abs(ref_value):.2e} | {np.max(np.abs(grad - ref_grad)) / scale:.2e} |", flush=True)
 

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (Python 3.12, CUDA jax, numpyro, optax, equinox; no
-# network): installs the carried wheels without touching jax, then
-#   1. the log-density and gradient on the GPU against float64 on the CPU (auto and fused layouts),
-#   2. bench_gradient.py at the post's size: hblogit (every layout, fused included) vs PyMC's
+# network): installs the carried wheels without touching jax, then runs the stages STAGES
+# names, in the order it names them (default 123):
+#   1. the log-density and gradient on the GPU against float64 on the CPU (the auto layout),
+#   2. bench_gradient.py at the post's size: hblogit (segment and blocked) vs PyMC's
 #      jaxified gradient, C = 1, 4, 8,
 #   3. python -m hblogit.fit --preset seed, 4 chains; run it again on the same machine (same
 #      WARMUP, DRAWS, FIT_ARGS) and it goes on from its checkpoint: a 1000 + 1000 seed fit
 #      (~10 min on an H200) takes two calls; the second reads the first's compiled programs
-#      back from the fit's compile cache (~/.cache/hblogit/jax) instead of compiling them.
+#      back from the fit's compile cache (~/.cache/hblogit/jax) instead of compiling them,
+#   4. the fused layout (hblogit.fused's Triton kernel): stage 1's check and stage 2's
+#      gradient rows for it, within FUSED_TIMEOUT seconds (default 240): on an H100 with
+#      jax 0.11.2 an earlier kernel's first compile had not ended after about 90 s, which
+#      stalled stages 1 and 2 when they included it,
+#   5. bench_gibbs_step.py at the post's size: where a 4-chain gibbs step's time goes, and
+#      the step with its chains vmapped against sequential.
 # Usage (repository root):  bash experiments/gpu_check.sh [--smoke]
 # --smoke runs every step on the CPU at a small size, to check the script before GPU time
-# (the small preset, 100 + 100 steps, whatever WARMUP and DRAWS say).
-# Environment: STAGES (default 123) picks the steps; FIT_ARGS adds options to the fit (e.g.
+# (the small preset, 100 + 100 steps, whatever WARMUP and DRAWS say; stage 4 checks the
+# kernel in Pallas' interpreter and times nothing).
+# Environment: STAGES (default 123); FIT_ARGS adds options to the fit (e.g.
 # "--layout fused", "--sampler gibbs" with RUN=/tmp/hblogit_seed_gibbs for a checkpoint of
 # its own); WARMUP and DRAWS (default 1000 each); FIT_TIMEOUT (seconds, default 420); RUN,
 # the fit's folder and checkpoint (default /tmp/hblogit_seed_fit, /tmp/hblogit_smoke_fit
-# with --smoke); PYTHON (default python3); OUT (below).
+# with --smoke); FUSED_TIMEOUT; PYTHON (default python3); OUT (below).
 # Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
 # the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
 set -euo pipefail
@@ -39,33 +47,69 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 STAGES=${STAGES:-123}
 read -r -a FIT_ARGS <<<"${FIT_ARGS:-}"
+DEVICE_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu)
 
-if [[ $STAGES == *1* ]]; then
+agreement() {
     echo "== 1. agreement with float64"
-    JAX_PLATFORMS=$([ "$PLATFORM" = gpu ] && echo cuda,cpu || echo cpu) "$PY" experiments/gpu_agreement.py $SMOKE
-fi
+    JAX_PLATFORMS=$DEVICE_PLATFORMS "$PY" experiments/gpu_agreement.py --layouts auto $SMOKE
+}
 
-if [[ $STAGES == *2* ]]; then
+gradient_benchmark() {
     echo "== 2. gradient benchmark"
-    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" $SMOKE
+    "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --layouts blocked,segment $SMOKE
     for C in 4 8; do
-        "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --chains "$C" --skip-pymc $SMOKE
+        "$PY" experiments/bench_gradient.py --platform "$PLATFORM" --layouts blocked,segment --chains "$C" --skip-pymc $SMOKE
     done
-fi
+}
 
-[[ $STAGES == *3* ]] || exit 0
-echo "== 3. the seed fit"
-# The progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how
-# far it got; the run's own folder stays outside $OUT (posterior.nc can be large), and its
-# small files are copied in. The fit checkpoints in $RUN/checkpoint (every minute): running
-# this stage again on the same machine goes on from there, so a fit longer than one command's
-# time limit runs in several calls. RUN=<a new folder> starts afresh.
-CHECKPOINT=(--checkpoint-dir "$RUN/checkpoint")
-if [ -f "$RUN/checkpoint/manifest.json" ]; then
-    echo "going on from the checkpoint in $RUN/checkpoint"
-    CHECKPOINT=(--resume "$RUN/checkpoint")
-fi
-timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" "${FIT_ARGS[@]}" --chains 4 --platform "$PLATFORM" --out "$RUN" \
-    "${CHECKPOINT[@]}" 2>"$OUT/fit_progress.txt" || echo "fit exited with status $?"
-tail -c 600 "$OUT/fit_progress.txt"; echo
-cp "$RUN"/summary.csv "$RUN"/run.json "$RUN"/recovery.png "$RUN"/trace.png "$OUT"/ 2>/dev/null || true
+seed_fit() {
+    echo "== 3. the seed fit"
+    # The progress bar goes to fit_progress.txt, so a fit stopped by FIT_TIMEOUT still shows how
+    # far it got; the run's own folder stays outside $OUT (posterior.nc can be large), and its
+    # small files are copied in. The fit checkpoints in $RUN/checkpoint (every minute): running
+    # this stage again on the same machine goes on from there, so a fit longer than one command's
+    # time limit runs in several calls. RUN=<a new folder> starts afresh.
+    local checkpoint=(--checkpoint-dir "$RUN/checkpoint")
+    if [ -f "$RUN/checkpoint/manifest.json" ]; then
+        echo "going on from the checkpoint in $RUN/checkpoint"
+        checkpoint=(--resume "$RUN/checkpoint")
+    fi
+    timeout "${FIT_TIMEOUT:-420}" "$PY" -m hblogit.fit "${FIT[@]}" "${FIT_ARGS[@]}" --chains 4 --platform "$PLATFORM" --out "$RUN" \
+        "${checkpoint[@]}" 2>"$OUT/fit_progress.txt" || echo "fit exited with status $?"
+    tail -c 600 "$OUT/fit_progress.txt"; echo
+    cp "$RUN"/summary.csv "$RUN"/run.json "$RUN"/recovery.png "$RUN"/trace.png "$OUT"/ 2>/dev/null || true
+}
+
+within() {  # within DEADLINE COMMAND...: COMMAND, stopped when $SECONDS reaches DEADLINE
+    local left=$(($1 - SECONDS))
+    shift
+    [ "$left" -gt 0 ] && timeout "$left" "$@" && return 0
+    echo "stopped or failed (stage time left: $left s): $*"
+    return 1
+}
+
+fused_layout() {
+    echo "== 4. the fused layout (at most ${FUSED_TIMEOUT:-240} s)"
+    local deadline=$((SECONDS + ${FUSED_TIMEOUT:-240}))
+    within "$deadline" env JAX_PLATFORMS="$DEVICE_PLATFORMS" "$PY" experiments/gpu_agreement.py --layouts fused $SMOKE || return 0
+    [ "$PLATFORM" = gpu ] || return 0  # on a CPU the kernel runs in Pallas' interpreter: nothing to time
+    for C in 1 4 8; do
+        within "$deadline" "$PY" experiments/bench_gradient.py --platform gpu --layouts fused --gradient-only --skip-pymc --chains "$C" || return 0
+    done
+}
+
+gibbs_step() {
+    echo "== 5. a gibbs step, piece by piece"
+    "$PY" experiments/bench_gibbs_step.py --platform "$PLATFORM" $SMOKE
+}
+
+for stage in $(grep -o . <<<"$STAGES"); do
+    case $stage in
+        1) agreement ;;
+        2) gradient_benchmark ;;
+        3) seed_fit ;;
+        4) fused_layout ;;
+        5) gibbs_step ;;
+        *) echo "gpu_check.sh: unknown stage $stage in STAGES=$STAGES (stages are 1 to 5)" >&2; exit 2 ;;
+    esac
+done
