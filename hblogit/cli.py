@@ -128,8 +128,8 @@ def use_compile_cache(setting: str | None) -> None:
     elif jax.config.jax_compilation_cache_dir:
         return  # the user's own JAX setting
     else:
-        source = None  # the default folder
-    folder = None if setting in ("off", "") else Path(setting) if setting else default_compile_cache()
+        source, setting = None, str(default_compile_cache())
+    folder = None if setting in ("off", "") else Path(setting)
     if folder is not None:
         problem = _unwritable(folder)
         if problem and source:

@@ -25,6 +25,15 @@ def random_problem(seed, num_obs, num_groups, num_covariates, *, empty_group=Tru
     return X, y, group_idx
 
 
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """The command line's preset "small" made tiny (300 rows, 12 groups, K = 2), for tests
+    of ``python -m hblogit.fit`` that check what it does, not what it estimates."""
+    from hblogit import presets
+
+    monkeypatch.setitem(presets.PRESETS, "small", dict(num_obs=300, num_groups=12, num_covariates=2, seed=1))
+
+
 @pytest.fixture(scope="session")
 def oracle_problem():
     """A small problem, K != 20, unsorted groups, one empty group, with its PyMC model."""

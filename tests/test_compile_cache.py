@@ -31,13 +31,6 @@ def fit_tiny(out, *extra):
     return xr.open_datatree(out / "posterior.nc"), json.loads((out / "run.json").read_text())
 
 
-@pytest.fixture
-def tiny_preset(monkeypatch):
-    from hblogit import presets
-
-    monkeypatch.setitem(presets.PRESETS, "small", dict(num_obs=200, num_groups=8, num_covariates=2, seed=1))
-
-
 def test_a_rerun_reads_its_programs_back_and_draws_the_same(tmp_path, tiny_preset):
     cache = tmp_path / "cache"
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # tiny programs compile fast

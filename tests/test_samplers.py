@@ -116,13 +116,6 @@ CHAINS = {"nuts": 1, "hmc": 2, "mclmc": 2, "mams": 1, "chees": 4, "meads": 8, "n
 INIT_STEPS = 200  # hblogit.fit's Adam steps toward the mode per chain, before the sampler
 
 
-@pytest.fixture
-def tiny_preset(monkeypatch):
-    from hblogit import presets
-
-    monkeypatch.setitem(presets.PRESETS, "small", dict(num_obs=300, num_groups=12, num_covariates=2, seed=1))
-
-
 @pytest.mark.parametrize("name", sorted(CHAINS))
 def test_cli_runs_every_sampler_and_its_gradient_counts_are_honest(name, tmp_path, tiny_preset, monkeypatch):
     """``python -m hblogit.fit --sampler NAME`` with a log-density that counts its gradient
