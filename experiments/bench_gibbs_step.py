@@ -13,11 +13,9 @@ precision), in the layout "auto" picks, each vmapped over C chains:
                              (K + 1)-square information
   Cholesky                   ``jnp.linalg.cholesky`` of G (K + 1)-square precisions
   triangular solve (1, 2)    ``jax.scipy.linalg.solve_triangular`` with 1 and 2 right-hand sides
-  ... (unrolled)             candidates for a GPU: the same factorisation and solves written
-                             as elementwise operations over the groups, unrolled over the
-                             (K + 1)^2 / 2 entries (``cholesky_unrolled``), which XLA can fuse
-                             into a few kernels that read each matrix once; on a CPU the
-                             library's LAPACK loop was faster (RESULTS, "gibbs at 4x the groups")
+  ... (unrolled)             the same with ``linalg="unrolled"`` (``hblogit.small_linalg``):
+                             the factorisation and solves as elementwise expressions over the
+                             groups, a candidate for GPUs (gibbs's option ``linalg``)
   refresh                    ``moves.refresh_effects``, whole (the three above and two passes
                              for the likelihood)
   transport, one pass        ``moves.transport_scales`` (gibbs makes 2 x transport_passes)
@@ -57,7 +55,7 @@ def main(argv=None):
     import numpy as np
 
     import hblogit
-    from hblogit import model, moves
+    from hblogit import model, moves, small_linalg
     from hblogit.samplers.gibbs import Gibbs
 
     sim = hblogit.simulate(args.num_obs, args.num_groups, args.num_covariates, seed=827)
@@ -73,27 +71,26 @@ def main(argv=None):
         return jnp.eye(scale.shape[0], dtype=scale.dtype) + scale[:, None] * information * scale
 
     precisions = jax.jit(jax.vmap(precision_of))(points)
-    precisions = (precisions + jnp.swapaxes(precisions, -1, -2)) / 2  # as jnp.linalg.cholesky reads them (float32 data leave them asymmetric by rounding)
-    factors = jax.jit(jax.vmap(jnp.linalg.cholesky))(precisions)
+    factors = jax.jit(jax.vmap(small_linalg.cholesky))(precisions)
     columns = {c: jnp.ones((*factors.shape[:-1], c), factors.dtype) for c in (1, 2)}
     log_scale_sds = jnp.full(args.num_covariates + 1, 0.1)
 
-    def solve(factor, v):
-        return jax.scipy.linalg.solve_triangular(factor, v, lower=True)
+    def solve(linalg):
+        return lambda factor, v: small_linalg.solve_lower(factor, v, linalg=linalg)
 
-    unrolled = jax.jit(jax.vmap(cholesky_unrolled))(precisions)
-    error = float(jnp.max(jnp.abs(unrolled - factors)) / jnp.max(jnp.abs(factors)))
-    solved = jax.jit(jax.vmap(solve_unrolled))(factors, columns[2])
-    solve_error = float(jnp.max(jnp.abs(solved - jax.vmap(solve)(factors, columns[2]))) / jnp.max(jnp.abs(solved)))
+    def refresh(linalg):
+        return lambda k, p: moves.refresh_effects(k, p, data, linalg=linalg)
+
     batched = {
         "value and gradient": (jax.value_and_grad(logdensity), points),
         "group terms": (lambda p: model.group_terms(p, data), points),
-        "Cholesky": (jnp.linalg.cholesky, precisions),
-        "Cholesky (unrolled)": (cholesky_unrolled, precisions),
-        "triangular solve, 1 column": (solve, factors, columns[1]),
-        "triangular solve, 2 columns": (solve, factors, columns[2]),
-        "triangular solve, 2 columns (unrolled)": (solve_unrolled, factors, columns[2]),
-        "refresh": (lambda k, p: moves.refresh_effects(k, p, data), keys, points),
+        "Cholesky": (small_linalg.cholesky, precisions),
+        "Cholesky (unrolled)": (lambda m: small_linalg.cholesky(m, "unrolled"), precisions),
+        "triangular solve, 1 column": (solve("library"), factors, columns[1]),
+        "triangular solve, 2 columns": (solve("library"), factors, columns[2]),
+        "triangular solve, 2 columns (unrolled)": (solve("unrolled"), factors, columns[2]),
+        "refresh": (refresh("library"), keys, points),
+        "refresh (unrolled)": (refresh("unrolled"), keys, points),
         "transport, one pass": (lambda k, p: moves.transport_scales(k, p, dataset, log_scale_sds), keys, points),
         "interweave": (moves.interweave, keys, points),
     }
@@ -117,39 +114,10 @@ def main(argv=None):
           f"jax {jax.__version__}, python {sys.version.split()[0]}")
     print(f"# gradients a chain in the timed gibbs steps (step size {STEP_SIZE}, unit mass matrix): "
           + "; ".join(f"{method} {counts.tolist()}" for method, counts in gradients.items()))
-    print(f"# unrolled against XLA's, max abs difference / max abs entry: Cholesky {error:.1e}, solve {solve_error:.1e}")
     print("| piece | median (ms) | per chain (ms) | first call incl. compile (s) |")
     print("| --- | ---: | ---: | ---: |")
     for (name, _), seconds, first_s in zip(contenders, medians, first):
         print(f"| {name} | {seconds * 1e3:.2f} | {seconds * 1e3 / args.chains:.2f} | {first_s:.2f} |")
-
-
-def cholesky_unrolled(precision):
-    """Lower Cholesky factors of (..., n, n) matrices, entry by entry (Cholesky-Crout), each
-    entry an elementwise expression over the batch."""
-    import jax.numpy as jnp
-
-    n = precision.shape[-1]
-    factor = [[None] * n for _ in range(n)]
-    for j in range(n):
-        diagonal = jnp.sqrt(precision[..., j, j] - sum(factor[j][k] ** 2 for k in range(j)))
-        factor[j][j] = diagonal
-        for i in range(j + 1, n):
-            factor[i][j] = (precision[..., i, j] - sum(factor[i][k] * factor[j][k] for k in range(j))) / diagonal
-    zero = jnp.zeros_like(precision[..., 0, 0])
-    return jnp.stack([jnp.stack([factor[i][j] if j <= i else zero for j in range(n)], -1) for i in range(n)], -2)
-
-
-def solve_unrolled(factor, v):
-    """L^-1 v for lower-triangular L (..., n, n) and v (..., n, columns), by forward
-    substitution written out row by row."""
-    import jax.numpy as jnp
-
-    n = factor.shape[-1]
-    rows = []
-    for i in range(n):
-        rows.append((v[..., i, :] - sum(factor[..., i, k, None] * rows[k] for k in range(i))) / factor[..., i, i, None])
-    return jnp.stack(rows, -2)
 
 
 def gibbs_step(sampler, points, logdensity):

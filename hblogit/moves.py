@@ -33,6 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import small_linalg
 from .checks import integer
 from .data import Dataset
 from .layout import BlockedDataset
@@ -247,7 +248,7 @@ def _with_effects(f: Families, z: jax.Array) -> Params:
     return from_families(Families(f.location, f.log_scale, z))
 
 
-def _newton_system(f: Families, z: jax.Array, data: Dataset | BlockedDataset) -> tuple[jax.Array, jax.Array]:
+def _newton_system(f: Families, z: jax.Array, data: Dataset | BlockedDataset, linalg: str) -> tuple[jax.Array, jax.Array]:
     """At ``z``: the gradient of every group's log target, log p(y_g | z_g, globals) + log
     N(z_g; 0, I), and the lower Cholesky factor L of its precision I + S H_g S (S the
     scales, H_g the group's information in its coefficients): a Newton step is
@@ -255,15 +256,12 @@ def _newton_system(f: Families, z: jax.Array, data: Dataset | BlockedDataset) ->
     scale = jnp.exp(f.log_scale)
     terms = group_terms(_with_effects(f, z), data)
     precision = jnp.eye(z.shape[1], dtype=z.dtype) + scale[:, None] * terms.information * scale
-    return scale * terms.gradient - z, jnp.linalg.cholesky(precision)
+    return scale * terms.gradient - z, small_linalg.cholesky(precision, linalg)
 
 
-def _solve(cholesky: jax.Array, v: jax.Array, transpose: bool) -> jax.Array:
-    """L^-1 v, or L^-T v, per group, for v of shape (G, K + 1, columns)."""
-    return jax.scipy.linalg.solve_triangular(cholesky, v, lower=True, trans="T" if transpose else "N")
-
-
-def refresh_effects(key, params: Params, data: Dataset | BlockedDataset, newton_steps: int = 1) -> tuple[Params, jax.Array]:
+def refresh_effects(
+    key, params: Params, data: Dataset | BlockedDataset, newton_steps: int = 1, linalg: str = "library"
+) -> tuple[Params, jax.Array]:
     """Every group's z_g (intercept and slopes together) by an independence Metropolis step
     from the Laplace approximation of z_g | the globals; returns (point, change of log p).
     The globals stay.
@@ -273,22 +271,28 @@ def refresh_effects(key, params: Params, data: Dataset | BlockedDataset, newton_
     are independent, so the G accept/reject decisions are G exact Metropolis-Hastings steps
     at once, each accepting with the ratio of the group's target (its likelihood times
     N(0, I)) to the proposal. Costs ``newton_steps`` + 2 passes over the rows (the last two
-    for the likelihood alone) and a (K + 1)-square Cholesky factorisation per group and step.
+    for the likelihood alone) and a (K + 1)-square Cholesky factorisation per group and step,
+    computed as ``linalg`` says (``hblogit.small_linalg``).
     """
     integer(newton_steps, "newton_steps")
+    small_linalg.check_linalg(linalg)
+
+    def solve(cholesky, v, transpose):  # per group, v of shape (G, K + 1, columns)
+        return small_linalg.solve_lower(cholesky, v, transpose=transpose, linalg=linalg)
+
     f = families(params)
     z = jnp.zeros_like(f.z)
     for _ in range(newton_steps - 1):
-        gradient, cholesky = _newton_system(f, z, data)
-        z = z + _solve(cholesky, _solve(cholesky, gradient[..., None], False), True)[..., 0]
+        gradient, cholesky = _newton_system(f, z, data, linalg)
+        z = z + solve(cholesky, solve(cholesky, gradient[..., None], False), True)[..., 0]
     # The last step and the draw share their solves: mean = z + L^-T u and proposal =
     # z + L^-T (u + normal), with u = L^-1 gradient (on a CPU a batched triangular solve
     # costs about what a Cholesky factorisation does, whatever the columns).
-    gradient, cholesky = _newton_system(f, z, data)
-    half = _solve(cholesky, gradient[..., None], False)
+    gradient, cholesky = _newton_system(f, z, data, linalg)
+    half = solve(cholesky, gradient[..., None], False)
     key_normal, key_accept = jax.random.split(key)
     normal = jax.random.normal(key_normal, f.z.shape, f.z.dtype)
-    both = z[..., None] + _solve(cholesky, jnp.concatenate([half, half + normal[..., None]], axis=-1), True)
+    both = z[..., None] + solve(cholesky, jnp.concatenate([half, half + normal[..., None]], axis=-1), True)
     mean, proposal = both[..., 0], both[..., 1]
 
     def log_target(z):  # per group

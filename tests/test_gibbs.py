@@ -75,10 +75,27 @@ def test_refresh_claims_the_density_change_and_keeps_the_globals(simulated, layo
     assert np.mean(np.asarray(after.z_alpha) != np.asarray(params.z_alpha)) > 0.5  # most groups moved
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_refresh_with_unrolled_linalg_draws_what_the_library_draws(simulated, layout):
+    data = simulated
+    params = hblogit.init_params(jax.random.key(0), data, radius=1.0)
+    library, unrolled = (
+        moves.refresh_effects(jax.random.key(1), params, LAYOUTS[layout](data), newton_steps=2, linalg=linalg)
+        for linalg in ("library", "unrolled")
+    )
+    for got, want in zip(jax.tree.leaves(unrolled), jax.tree.leaves(library)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("steps", [0, True, 1.5])
 def test_newton_steps_are_validated(steps):
     with pytest.raises(ValueError, match="newton_steps must be a positive integer"):
         hblogit.samplers.get_sampler("gibbs", newton_steps=steps)
+
+
+def test_linalg_is_validated():
+    with pytest.raises(ValueError, match="linalg must be one of"):
+        hblogit.samplers.get_sampler("gibbs", linalg="lapack")
 
 
 def test_refresh_leaves_the_joint_distribution_invariant():

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .. import checks
+from .. import checks, small_linalg
 from .. import moves as model_moves
 from ..data import Dataset
 from ..layout import BlockedDataset
@@ -55,7 +55,9 @@ class Gibbs(NUTS):
     pass over the rows with a (K + 1)-square Cholesky factorisation per group. A step costs
     NUTS's gradients plus one (the moves' check), which ``n_steps`` counts, and the
     refresh's ``newton_steps`` + 2 passes over the rows, which it does not (they are not
-    gradients: compare wall times).
+    gradients: compare wall times). ``linalg`` (``"library"``, the default, or
+    ``"unrolled"``): how the refresh factorises and solves its per-group matrices
+    (``hblogit.small_linalg``); the draws are the same to rounding.
 
     The chain's gradient is exact in NUTS's coordinates, which is all the next tree reads;
     elsewhere it is zero whenever the moves' check has rejected (see ``_transition``). The
@@ -63,11 +65,13 @@ class Gibbs(NUTS):
     """
 
     newton_steps: int = eqx.field(static=True, default=1)
+    linalg: str = eqx.field(static=True, default="library")
     transport_passes: int = eqx.field(static=True, default=2)
     name: str = eqx.field(static=True, default="gibbs")
 
     def __check_init__(self):
         checks.integer(self.newton_steps, "newton_steps")
+        small_linalg.check_linalg(self.linalg)
 
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         """NUTS over the globals (or the locations) with z fixed. Its start reuses the
@@ -96,4 +100,4 @@ class Gibbs(NUTS):
                 "gibbs needs the data's rows on one device (logdensity.data), and this log-density "
                 "has none (it is sharded, or not hblogit's); use nuts"
             )
-        return [lambda key, p: model_moves.refresh_effects(key, p, data, self.newton_steps)]
+        return [lambda key, p: model_moves.refresh_effects(key, p, data, self.newton_steps, self.linalg)]
