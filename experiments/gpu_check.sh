@@ -24,12 +24,14 @@
 # its own); WARMUP and DRAWS (default 1000 each); FIT_TIMEOUT (seconds, default 420); RUN,
 # the fit's folder and checkpoint (default /tmp/hblogit_seed_fit, /tmp/hblogit_smoke_fit
 # with --smoke); FUSED_TIMEOUT; PYTHON (default python3); OUT (below).
-# Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout;
-# the fit's progress, summary, run record and plots to $OUT (default experiments/gpu_out).
+# Wheels: experiments/fetch_wheels.sh puts them in wheels/ (carry it). Tables go to stdout
+# and $OUT/gpu_check.log; the fit's progress, summary, run record and plots to $OUT (default
+# experiments/gpu_out).
 set -euo pipefail
 PY=${PYTHON:-python3}
 OUT=${OUT:-experiments/gpu_out}
 mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1  # the tables come back whole, however long the output
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "--smoke" ]; then
@@ -84,7 +86,7 @@ within() {  # within DEADLINE COMMAND...: COMMAND, stopped when $SECONDS reaches
     local left=$(($1 - SECONDS))
     shift
     [ "$left" -gt 0 ] && timeout "$left" "$@" && return 0
-    echo "stopped or failed (stage time left: $left s): $*"
+    echo "failed, or stopped at the stage's time limit ($left s left when it began): $*"
     return 1
 }
 
