@@ -4,9 +4,9 @@ Sampler-agnostic: it drives any ``hblogit.samplers`` sampler through the same lo
 phase (warm-up, sampling) is one compiled program that runs a chunk of steps inside a
 ``lax.fori_loop``; Python drives the chunks, which gives the progress bar and checkpoints:
 between chunks the run is a ``Snapshot``, which ``checkpoint`` writes and reads back.
-Chunk lengths are traced, so a short last chunk does not compile again. The sampling
-program compiles in a thread of its own while warm-up runs, from the shapes the tuned
-state will have (``_sampling_program_in_background``).
+Chunk lengths are traced, so a short last chunk does not compile again. Both programs
+compile in threads of their own while the starting points are found and warm-up runs,
+from the shapes the run's states will have (``_programs_in_background``).
 
 Memory is part of the design: at 2.1M parameters one draw is 8.4 MB per chain. Per draw
 the runner keeps only the global parameters, the group effects of ``keep_groups``, and the
@@ -445,11 +445,10 @@ def _finish_warmup(sampler, state):
     return sampler.finish_warmup(state)
 
 
-def _start(sampler, logdensity, config: RunConfig, dtype, first: Start | None) -> Snapshot:
-    """A fresh run: keys from the seed, starting points (``first``, or ``starting_points``),
-    the sampler's warm-up state."""
+def _start(sampler, logdensity, config: RunConfig, dtype, keys: RunKeys, first: Start | None) -> Snapshot:
+    """A fresh run: starting points (``first``, or ``starting_points``), the sampler's
+    warm-up state."""
     start = time.perf_counter()
-    keys = run_keys(config.seed)
     if first is None:
         first = starting_points(keys.init, logdensity, config.chains, config.init_steps, config.init_learning_rate, dtype)
     else:
@@ -556,14 +555,24 @@ def _int32(value):
     return jnp.asarray(value, jnp.int32)
 
 
-def _warmup(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress, save) -> Snapshot:
-    """Warm-up chunks, then the tuned state: the snapshot at the start of sampling. With no
-    warm-up steps, the sampler's initial settings are its tuned ones."""
+def _warmup_program(sampler, logdensity, config: RunConfig, state, key):
+    """The compiled warm-up chunk for a warm-up ``state`` (arrays, or their shapes)."""
     warmup_chunk, _ = make_phases(sampler, config.chunk_size, config.thin)
+    return compiled(warmup_chunk, state, key, _int32(0), _int32(1), logdensity)
+
+
+def _warmup(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress, save, program=None) -> Snapshot:
+    """Warm-up chunks, then the tuned state: the snapshot at the start of sampling. With no
+    warm-up steps, the sampler's initial settings are its tuned ones. ``program``: the
+    warm-up program compiling in the background, if any; "compile_warmup_s" times what is
+    left to wait for."""
     start = time.perf_counter()
     chunk = None
     if config.warmup:
-        chunk = compiled(warmup_chunk, snapshot.state, snapshot.keys.warmup, _int32(0), _int32(1), logdensity)
+        if program is None:
+            chunk = _warmup_program(sampler, logdensity, config, snapshot.state, snapshot.keys.warmup)
+        else:
+            chunk = program.result()
     snapshot = _add_time(snapshot, "compile_warmup_s", time.perf_counter() - start)
 
     def advance(s: Snapshot, chunk_start, length):
@@ -586,25 +595,33 @@ def _sampling_program(sampler, logdensity, config: RunConfig, state, moments, ke
     return compiled(sample_chunk, state, moments, key, _int32(0), _int32(1), logdensity, keep)
 
 
-def _sampling_program_in_background(sampler, logdensity, config: RunConfig, dtype, snapshot: Snapshot) -> _InBackground | None:
-    """The sampling program, compiling while warm-up runs, from the shapes the tuned state
-    will have (``_template``). On a GPU the host's cores are idle meanwhile; on an H100, 40 s
-    passed between gibbs's last warm-up step and its first draw at the post's size: this
-    compile, the end of warm-up and a checkpoint. On the 2-core CPU it overlaps the warm-up program's compile (the small
-    preset's two compiles: 10.2 s one after the other, 8.5 s together). None for a state
-    spread over several devices, whose shardings the shapes do not carry: it compiles after
-    warm-up."""
-    if any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(snapshot.state)):
-        return None
-    _, state, moments = _template(sampler, logdensity, config, dtype, "sampling")
-    make_phases(sampler, config.chunk_size, config.thin)  # here, so both threads get the same programs
-    x64 = jax.config.jax_enable_x64  # thread-local where a float32 run turned it off: the thread needs the caller's
+def _programs_in_background(sampler, logdensity, config: RunConfig, dtype, keys: RunKeys) -> dict[str, _InBackground]:
+    """The warm-up (if any) and sampling programs, each compiling in a thread of its own from
+    the shapes the run's states will have (``_template``), while the starting points are
+    found and warm-up runs. On a GPU the host's cores are idle meanwhile; on an H100, 40 s
+    passed between gibbs's last warm-up step and its first draw at the post's size: the
+    sampling compile, the end of warm-up and a checkpoint. On the 2-core CPU the compiles
+    overlap each other and the starting points (experiments/RESULTS.md). None (an empty
+    dict) for a density spread over several devices, whose shardings the shapes do not
+    carry: its programs compile in turn, as each phase starts."""
+    if any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(logdensity) if isinstance(leaf, jax.Array)):
+        return {}
+    make_phases(sampler, config.chunk_size, config.thin)  # here, so that every thread gets the same programs
+    x64 = jax.config.jax_enable_x64  # thread-local where a float32 run turned it off: the threads need the caller's
 
-    def compile_program():
-        with jax.enable_x64(x64):
-            return _sampling_program(sampler, logdensity, config, state, moments, snapshot.keys.sample)
+    def in_background(program, state, *args):
+        def compile_program():
+            with jax.enable_x64(x64):
+                return program(sampler, logdensity, config, state, *args)
 
-    return _InBackground(compile_program)
+        return _InBackground(compile_program)
+
+    _, tuned_state, moments = _template(sampler, logdensity, config, dtype, "sampling")
+    programs = {"sampling": in_background(_sampling_program, tuned_state, moments, keys.sample)}
+    if config.warmup:
+        _, warmup_state, _ = _template(sampler, logdensity, config, dtype, "warmup")
+        programs["warmup"] = in_background(_warmup_program, warmup_state, keys.warmup)
+    return programs
 
 
 def _sampling(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress, save, program=None) -> Snapshot:
@@ -648,15 +665,16 @@ def run(
     dtype = dtype or jnp.result_type(float)
     if checkpoints is not None and checkpoints.resume_from is not None:
         snapshot = _resume(sampler, logdensity, config, dtype, checkpoints)
+        programs = _programs_in_background(sampler, logdensity, config, dtype, snapshot.keys) if snapshot.phase == "warmup" else {}
     else:
-        snapshot = _start(sampler, logdensity, config, dtype, start)
+        keys = run_keys(config.seed)
+        programs = _programs_in_background(sampler, logdensity, config, dtype, keys)
+        snapshot = _start(sampler, logdensity, config, dtype, keys, start)
     progress = _Progress(config, snapshot)
     save = _checkpointer(checkpoints, config, snapshot)
-    program = None
     if snapshot.phase == "warmup":
-        program = _sampling_program_in_background(sampler, logdensity, config, dtype, snapshot)
-        snapshot = _warmup(sampler, logdensity, config, snapshot, progress, save)
-    snapshot = _sampling(sampler, logdensity, config, snapshot, progress, save, program)
+        snapshot = _warmup(sampler, logdensity, config, snapshot, progress, save, programs.get("warmup"))
+    snapshot = _sampling(sampler, logdensity, config, snapshot, progress, save, programs.get("sampling"))
     progress.close()
     snapshot = save(snapshot, force=True)
     return _result(snapshot, config, sampler)

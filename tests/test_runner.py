@@ -1,5 +1,4 @@
-"""The runner's compiled programs: their cache, and the sampling program compiled while
-warm-up runs."""
+"""The runner's compiled programs: their cache, and their compiles in the background."""
 
 import jax
 import jax.numpy as jnp
@@ -25,30 +24,36 @@ def test_the_executable_cache_keeps_the_most_recent_programs(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["mixed", "float32"])
-def test_the_sampling_program_compiled_during_warmup_draws_what_one_compiled_after_draws(precision, monkeypatch):
-    """The sampling program compiles in a thread while warm-up runs, from the shapes the
-    tuned state will have; a float32 run (x64 off for its thread only) compiles it in float32."""
+def test_programs_compiled_in_the_background_draw_what_programs_compiled_in_turn_draw(precision, monkeypatch):
+    """The warm-up and sampling programs compile in threads while the starting points are
+    found, from the shapes the run's states will have; a float32 run (x64 off for its own
+    thread only) compiles them in float32."""
     from_shapes = []
-    program = runner._sampling_program
 
-    def recording(sampler, logdensity, config, state, moments, key):
-        from_shapes.append(isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct))
-        return program(sampler, logdensity, config, state, moments, key)
+    def recording(program):
+        def record(sampler, logdensity, config, state, *args):
+            from_shapes.append((program.__name__, isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct)))
+            return program(sampler, logdensity, config, state, *args)
 
-    monkeypatch.setattr(runner, "_sampling_program", recording)
-    during = tiny_fit(precision=precision)
-    monkeypatch.setattr(runner, "_sampling_program_in_background", lambda *args: None)
-    after = tiny_fit(precision=precision)
-    assert from_shapes == [True, False]
-    for group in ("posterior", "sample_stats"):
-        for name, values in during[group].data_vars.items():
-            np.testing.assert_array_equal(values.values, after[group][name].values)
+        return record
+
+    for name in ("_warmup_program", "_sampling_program"):
+        monkeypatch.setattr(runner, name, recording(getattr(runner, name)))
+    background = tiny_fit(precision=precision)
+    assert sorted(from_shapes) == [("_sampling_program", True), ("_warmup_program", True)]
+    monkeypatch.setattr(runner, "_programs_in_background", lambda *args: {})
+    in_turn = tiny_fit(precision=precision)
+    assert sorted(from_shapes[2:]) == [("_sampling_program", False), ("_warmup_program", False)]
+    for group in ("posterior", "sample_stats", "warmup_sample_stats"):
+        for name, values in background[group].data_vars.items():
+            np.testing.assert_array_equal(values.values, in_turn[group][name].values)
 
 
-def test_an_error_compiling_the_sampling_program_reaches_the_caller(monkeypatch):
+@pytest.mark.parametrize("program", ["_warmup_program", "_sampling_program"])
+def test_an_error_compiling_a_program_reaches_the_caller(program, monkeypatch):
     def failing(*args):
-        raise RuntimeError("no sampling program")
+        raise RuntimeError(f"no {program}")
 
-    monkeypatch.setattr(runner, "_sampling_program", failing)
-    with pytest.raises(RuntimeError, match="no sampling program"):
+    monkeypatch.setattr(runner, program, failing)
+    with pytest.raises(RuntimeError, match=f"no {program}"):
         tiny_fit()
