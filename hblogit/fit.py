@@ -348,7 +348,7 @@ def write_outputs(idata, truth, out: Path) -> None:
         print(table.round(4).to_string())
     timings = record["timings"]
     print(
-        f"\nwall {total_s:.1f} s (compile {timings['compile_warmup_s'] + timings['compile_sampling_s']:.1f}, "
+        f"\nwall {total_s:.1f} s (starting points and compile {runner.start_seconds(timings):.1f}, "
         f"warm-up {timings['warmup_s']:.1f}, sampling {sampling_s:.1f}); "
         f"gradients {verdict.warmup_gradient_evaluations:,} warm-up + {verdict.gradient_evaluations:,} sampling; "
         f"min bulk ESS {verdict.min_ess_bulk:.0f} "

@@ -587,6 +587,13 @@ def _warmup(sampler, logdensity, config: RunConfig, snapshot: Snapshot, progress
     return _add_time(snapshot, "warmup_s", time.perf_counter() - start)
 
 
+def start_seconds(timings: dict[str, float]) -> float:
+    """A run's seconds on its starting points and its compiles, which overlap
+    (``_programs_in_background``): the initialisation, and what each phase still waited
+    for its program."""
+    return sum(timings.get(name, 0.0) for name in ("initialisation_s", "compile_warmup_s", "compile_sampling_s"))
+
+
 def _sampling_program(sampler, logdensity, config: RunConfig, state, moments, key):
     """The compiled sampling chunk for a tuned ``state`` and ``moments`` (arrays, or their
     shapes)."""
