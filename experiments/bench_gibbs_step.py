@@ -65,10 +65,9 @@ def main(argv=None):
     keys = jax.random.split(jax.random.key(0), args.chains)
     points = jax.vmap(lambda k: hblogit.init_params(k, dataset, radius=0.5, dtype=jnp.float64))(keys)
 
-    def precision_of(p):
-        scale = jnp.exp(moves.families(p).log_scale)
-        information = model.group_terms(p, data).information
-        return jnp.eye(scale.shape[0], dtype=scale.dtype) + scale[:, None] * information * scale
+    def precision_of(p):  # each group's, as the refresh factorises it
+        f = moves.families(p)
+        return moves.newton_precision(f, f.z, data)[1]
 
     precisions = jax.jit(jax.vmap(precision_of))(points)
     factors = jax.jit(jax.vmap(small_linalg.cholesky))(precisions)

@@ -162,9 +162,10 @@ def main(argv=None):
         value_and_grad = jax.value_and_grad(hblogit.make_logdensity(dataset, layout=layout))
         value_and_grad = jax.jit(jax.vmap(value_and_grad) if args.chains > 1 else value_and_grad)
         contenders.append((f"hblogit ({layout})", args.chains, lambda f=value_and_grad: block(f(point))))
-    moves = {} if args.gradient_only else scale_moves(dataset)
+    moves = {}
     if not args.gradient_only:
         contenders += sampler_contenders(hblogit.make_logdensity(dataset), dataset.num_params, auto, args.chains, point, block)
+        moves = scale_moves(dataset)
     for name, move in moves.items():
         move = jax.jit(jax.vmap(move) if args.chains > 1 else move)
         contenders.append((name, args.chains, lambda f=move: block(f(point))))

@@ -248,15 +248,20 @@ def _with_effects(f: Families, z: jax.Array) -> Params:
     return from_families(Families(f.location, f.log_scale, z))
 
 
-def _newton_system(f: Families, z: jax.Array, data: Dataset | BlockedDataset, linalg: str) -> tuple[jax.Array, jax.Array]:
+def newton_precision(f: Families, z: jax.Array, data: Dataset | BlockedDataset) -> tuple[jax.Array, jax.Array]:
     """At ``z``: the gradient of every group's log target, log p(y_g | z_g, globals) + log
-    N(z_g; 0, I), and the lower Cholesky factor L of its precision I + S H_g S (S the
-    scales, H_g the group's information in its coefficients): a Newton step is
-    z + (L L^T)^-1 gradient."""
+    N(z_g; 0, I), and its precision I + S H_g S (S the scales, H_g the group's information
+    in its coefficients): a Newton step is z + precision^-1 gradient."""
     scale = jnp.exp(f.log_scale)
     terms = group_terms(_with_effects(f, z), data)
     precision = jnp.eye(z.shape[1], dtype=z.dtype) + scale[:, None] * terms.information * scale
-    return scale * terms.gradient - z, small_linalg.cholesky(precision, linalg)
+    return scale * terms.gradient - z, precision
+
+
+def _newton_system(f: Families, z: jax.Array, data: Dataset | BlockedDataset, linalg: str) -> tuple[jax.Array, jax.Array]:
+    """``newton_precision``'s gradient, and the lower Cholesky factor L of its precision."""
+    gradient, precision = newton_precision(f, z, data)
+    return gradient, small_linalg.cholesky(precision, linalg)
 
 
 def refresh_effects(
@@ -275,7 +280,6 @@ def refresh_effects(
     computed as ``linalg`` says (``hblogit.small_linalg``).
     """
     integer(newton_steps, "newton_steps")
-    small_linalg.check_linalg(linalg)
 
     def solve(cholesky, v, transpose):  # per group, v of shape (G, K + 1, columns)
         return small_linalg.solve_lower(cholesky, v, transpose=transpose, linalg=linalg)

@@ -304,7 +304,7 @@ def compiled(jitted, *args):
     return executable
 
 
-_EXECUTABLES_LOCK = threading.Lock()  # the sampling program compiles in a thread of its own
+_EXECUTABLES_LOCK = threading.Lock()  # programs compile in threads of their own (_programs_in_background)
 
 
 class _InBackground:
@@ -457,19 +457,32 @@ def _start(sampler, logdensity, config: RunConfig, dtype, keys: RunKeys, first: 
     return Snapshot("warmup", 0, keys, state, None, {}, {}, {}, {"initialisation_s": time.perf_counter() - start})
 
 
-def _template(sampler, logdensity, config: RunConfig, dtype, phase: str):
-    """Shapes and structure of (keys, state, moments) in ``phase``, traced, never computed:
-    what a checkpoint's leaves are rebuilt into."""
+class _Shapes(NamedTuple):
+    keys: Any
+    warmup_state: Any
+    tuned_state: Any
+    moments: Any
+
+
+def _shapes(sampler, logdensity, config: RunConfig, dtype) -> _Shapes:
+    """Shapes and structure of a run's keys, states and moments, traced, never computed."""
 
     def build(key):
         positions = jax.vmap(lambda k: logdensity.init_params(k, dtype))(jax.random.split(key, config.chains))
         inverse_mass_matrix = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
         state = _init(sampler, positions, logdensity, config.warmup, inverse_mass_matrix)
-        if phase == "warmup":
-            return run_keys(config.seed), state, None
-        return run_keys(config.seed), _finish_warmup(sampler, state), _moments_init(positions)
+        return _Shapes(run_keys(config.seed), state, _finish_warmup(sampler, state), _moments_init(positions))
 
     return jax.eval_shape(build, jax.random.key(0))
+
+
+def _template(sampler, logdensity, config: RunConfig, dtype, phase: str):
+    """(keys, state, moments) in ``phase``, as shapes: what a checkpoint's leaves are
+    rebuilt into."""
+    shapes = _shapes(sampler, logdensity, config, dtype)
+    if phase == "warmup":
+        return shapes.keys, shapes.warmup_state, None
+    return shapes.keys, shapes.tuned_state, shapes.moments
 
 
 def _resume(sampler, logdensity, config: RunConfig, dtype, checkpoints: Checkpoints) -> Snapshot:
@@ -604,7 +617,7 @@ def _sampling_program(sampler, logdensity, config: RunConfig, state, moments, ke
 
 def _programs_in_background(sampler, logdensity, config: RunConfig, dtype, keys: RunKeys) -> dict[str, _InBackground]:
     """The warm-up (if any) and sampling programs, each compiling in a thread of its own from
-    the shapes the run's states will have (``_template``), while the starting points are
+    the shapes the run's states will have (``_shapes``), while the starting points are
     found and warm-up runs. On a GPU the host's cores are idle meanwhile; on an H100, 40 s
     passed between gibbs's last warm-up step and its first draw at the post's size: the
     sampling compile, the end of warm-up and a checkpoint. On the 2-core CPU the compiles
@@ -623,11 +636,10 @@ def _programs_in_background(sampler, logdensity, config: RunConfig, dtype, keys:
 
         return _InBackground(compile_program)
 
-    _, tuned_state, moments = _template(sampler, logdensity, config, dtype, "sampling")
-    programs = {"sampling": in_background(_sampling_program, tuned_state, moments, keys.sample)}
+    shapes = _shapes(sampler, logdensity, config, dtype)
+    programs = {"sampling": in_background(_sampling_program, shapes.tuned_state, shapes.moments, keys.sample)}
     if config.warmup:
-        _, warmup_state, _ = _template(sampler, logdensity, config, dtype, "warmup")
-        programs["warmup"] = in_background(_warmup_program, warmup_state, keys.warmup)
+        programs["warmup"] = in_background(_warmup_program, shapes.warmup_state, keys.warmup)
     return programs
 
 
