@@ -226,15 +226,28 @@ def test_numpyro_nuts_without_numpyro_names_the_extra(monkeypatch):
         get_sampler("numpyro-nuts")
 
 
-def test_mams_trajectory_lengths_differ_between_seeds():
-    """MAMS draws its trajectory lengths from a key in its state, seeded in ``init`` (which gets
-    no key): warm-up must reseed it from the run's key, or every seed shares one sequence."""
+@pytest.mark.parametrize("name, drawn", [("mams", ("random_generator_arg",)), ("mclmc", ("momentum",)), ("meads", ("momentum", "slice"))])
+def test_what_init_draws_is_drawn_again_from_the_run_key(name, drawn):
+    """``init`` gets no key, so these samplers' ``_init`` draw their chains' momenta (or MAMS's
+    trajectory-length stream) from a fixed one: warm-up must draw them again from the run's
+    key, or every seed starts from the same ones. The rest of the chain stays."""
     logdensity = hblogit.make_logdensity(hblogit.simulate(300, 12, 2, seed=1).dataset())
-    positions = jax.vmap(logdensity.init_params)(jax.random.split(jax.random.PRNGKey(0), 2))
-    sampler = get_sampler("mams")
-    state = sampler.init(positions, logdensity, 10, jnp.ones((2, logdensity.dataset.num_params)))
-    streams = [
-        jax.random.key_data(sampler.warmup_step(jax.random.key(seed), state, logdensity, 0)[0].chain.random_generator_arg)
-        for seed in (0, 1)
-    ]
-    assert not np.array_equal(streams[0], streams[1])
+    positions = jax.vmap(logdensity.init_params)(jax.random.split(jax.random.PRNGKey(0), 8))
+    sampler = get_sampler(name)
+    chain = sampler.init(positions, logdensity, 10, jnp.ones((8, logdensity.dataset.num_params))).chain
+    first, second, second_again = (sampler._seeded(jax.random.key(seed), chain) for seed in (1, 2, 2))
+
+    def values(state, field):  # one array, chains first
+        leaves = jax.tree.leaves(getattr(state, field))
+        if jax.dtypes.issubdtype(leaves[0].dtype, jax.dtypes.prng_key):
+            leaves = [jax.random.key_data(leaf) for leaf in leaves]
+        return np.concatenate([np.reshape(leaf, (8, -1)) for leaf in leaves], axis=1)
+
+    for field in chain._fields:
+        if field in drawn:
+            assert not np.array_equal(values(first, field), values(chain, field)), field
+            assert not np.array_equal(values(first, field), values(second, field)), field
+            assert np.array_equal(values(second, field), values(second_again, field)), field
+            assert not np.array_equal(values(first, field)[0], values(first, field)[1]), field  # chains differ
+        else:
+            assert np.array_equal(values(first, field), values(chain, field)), field

@@ -79,15 +79,14 @@ class MAMS(TunedAtOnce):
         step_size = jnp.full_like(chain.logdensity, step_size)
         return chain, MCLMCAdaptationState(self.num_integration_steps * step_size, step_size, inverse_mass_matrix)
 
+    def _seeded(self, key, chain):
+        """The trajectory lengths come from a key in the chain's state."""
+        return chain._replace(random_generator_arg=chain_keys(key, chain.logdensity.shape[0]))
+
     def _tune(self, key, chain, params, logdensity, num_warmup):
         kernel = self._kernel()
 
         def one_chain(key, chain, params):
-            # The trajectory lengths come from the state's own key, which _init (given no key
-            # by the protocol) seeds alike for every run: reseed it from this run's key, so
-            # that runs with different seeds do not share one sequence of lengths.
-            key, key_lengths = jax.random.split(key)
-            chain = chain._replace(random_generator_arg=key_lengths)
             chain, params, integration_steps = blackjax.adjusted_mclmc_find_L_and_step_size(
                 kernel,
                 logdensity,

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
+from blackjax.util import generate_unit_vector
 
 from .. import checks
 from .base import chain_keys, dimension, each_chain, neutral_stats, refuse_if_too_big, register
@@ -96,6 +97,11 @@ class MCLMC(TunedAtOnce):
         sqrt_dim = jnp.sqrt(jnp.asarray(dimension(positions), chain.logdensity.dtype))
         guess = jnp.full_like(chain.logdensity, 1.0)
         return chain, MCLMCAdaptationState(sqrt_dim * guess, 0.25 * sqrt_dim * guess, inverse_mass_matrix)
+
+    def _seeded(self, key, chain):
+        """The starting momentum: a unit vector, as ``blackjax.mcmc.mclmc.init`` draws it."""
+        momentum = jax.vmap(generate_unit_vector)(chain_keys(key, chain.logdensity.shape[0]), chain.position)
+        return chain._replace(momentum=momentum)
 
     def _tune(self, key, chain, params, logdensity, num_warmup):
         kernel = self._kernel()

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from blackjax.adaptation.meads_adaptation import maximum_eigenvalue
+from blackjax.util import generate_gaussian_noise
 
 from .. import checks
 from .base import chain_keys, each_chain, neutral_stats, num_chains, refuse_if_too_big, register
@@ -150,6 +151,16 @@ class MEADS(FlatTunedAtOnce):
         one = jnp.ones((), chain.logdensity.dtype)
         params = MEADSParams(one, jnp.ones_like(flat[0]), one, one, template)
         return chain, params
+
+    def _seeded(self, key, chain):
+        """The starting momentum and slice variable, as ``blackjax.ghmc.init`` draws them."""
+
+        def one_chain(key, position):
+            key_momentum, key_slice = jax.random.split(key)
+            return generate_gaussian_noise(key_momentum, position), jax.random.uniform(key_slice, minval=-1.0, maxval=1.0)
+
+        momentum, slice_variable = jax.vmap(one_chain)(chain_keys(key, num_chains(chain.position)), chain.position)
+        return chain._replace(momentum=momentum, slice=slice_variable)
 
     def _tune(self, key, chain, params, logdensity, num_warmup):
         chain, (step_size, scale, alpha, delta) = meads_warmup(

@@ -73,6 +73,12 @@ class TunedAtOnce(eqx.Module):
     @abc.abstractmethod
     def _transition(self, key, chain, params, logdensity) -> tuple[Any, StepStats]: ...
 
+    def _seeded(self, key, chain):
+        """``chain`` with what ``_init`` drew from a fixed key (the protocol's ``init`` gets
+        none: a momentum, a trajectory-length stream) drawn again from the run's ``key``, so
+        that runs with different seeds do not share it. Nothing by default."""
+        return chain
+
     def init(self, positions, logdensity, num_warmup, inverse_mass_matrix):
         chain, params = self._init(positions, logdensity, num_warmup, inverse_mass_matrix)
         return WarmupState(chain, params, warmup_length_marker(num_warmup))
@@ -82,7 +88,9 @@ class TunedAtOnce(eqx.Module):
         idle = jnp.zeros(state.chain.logdensity.shape, jnp.int32)
 
         def tune(_):
-            chain, params, n_steps = self._tune(key, state.chain, state.params, logdensity, num_warmup)
+            key_seed, key_tune = jax.random.split(key)
+            chain = self._seeded(key_seed, state.chain)
+            chain, params, n_steps = self._tune(key_tune, chain, state.params, logdensity, num_warmup)
             return _same_types((chain, params, n_steps), (state.chain, state.params, idle))
 
         chain, params, n_steps = jax.lax.cond(
