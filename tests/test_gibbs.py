@@ -144,3 +144,18 @@ def test_gibbs_on_a_sharded_density_says_why(simulated):
     config = runner.RunConfig(chains=1, warmup=2, draws=2, progress=False, init_steps=0)
     with pytest.raises(ValueError, match="gibbs needs the data's rows on one device"):
         runner.run(hblogit.samplers.get_sampler("gibbs"), density, config, dtype=jnp.float64)
+
+
+@pytest.mark.parametrize(
+    "backend, num_params, nuts_sequential, gibbs_sequential",
+    [("cpu", 10, True, True), ("gpu", 10, False, False), ("gpu", 2_100_042, True, False)],
+)
+def test_auto_chain_method_per_backend(monkeypatch, backend, num_params, nuts_sequential, gibbs_sequential):
+    """nuts goes sequential on a GPU from SEQUENTIAL_MIN_PARAMS_GPU parameters (its U-turn
+    checkpoints); gibbs's trees are over the globals alone, so it stays vmapped there."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    position = jnp.zeros((4, num_params))
+    assert hblogit.samplers.get_sampler("nuts").sequential(position) == nuts_sequential
+    assert hblogit.samplers.get_sampler("gibbs").sequential(position) == gibbs_sequential
+    for method in ("vmap", "sequential"):
+        assert hblogit.samplers.get_sampler("gibbs", chain_method=method).sequential(position) == (method == "sequential")

@@ -59,6 +59,17 @@ class Gibbs(NUTS):
     ``"unrolled"``): how the refresh factorises and solves its per-group matrices
     (``hblogit.small_linalg``); the draws are the same to rounding.
 
+    ``chain_method="auto"`` runs the chains one after the other on a CPU, where a 4-chain
+    step at the post's size took 1.55 s a chain against 2.44 vmapped, and in lock step
+    (vmap) on a GPU, whatever the size. nuts's reason to go sequential on a GPU from 1M
+    parameters, U-turn checkpoints the size of the parameter vector, does not hold for trees
+    over 2K + 2 coordinates. What a gibbs step does besides them is passes over the rows, and
+    short loops of small kernels (the transport's families, NUTS over the globals): on an
+    H100 a vmapped 4-chain gradient cost half a lone chain's per chain, and on an H200 NUTS
+    at 210k parameters ran 2x faster per chain vmapped, where one launch serves all chains
+    (experiments/RESULTS.md). A gibbs step on a GPU has not been timed both ways yet
+    (``experiments/bench_gibbs_step.py`` does).
+
     The chain's gradient is exact in NUTS's coordinates, which is all the next tree reads;
     elsewhere it is zero whenever the moves' check has rejected (see ``_transition``). The
     log-density must hold its rows on one device (``logdensity.data``): not a sharded one.
@@ -72,6 +83,9 @@ class Gibbs(NUTS):
     def __check_init__(self):
         checks.integer(self.newton_steps, "newton_steps")
         small_linalg.check_linalg(self.linalg)
+
+    def _auto_sequential(self, position) -> bool:
+        return jax.default_backend() == "cpu"
 
     def _transition(self, key, chain, logdensity, step_size, inverse_mass_matrix):
         """NUTS over the globals (or the locations) with z fixed. Its start reuses the
