@@ -19,7 +19,7 @@ kept draw costs roughly what a NUTS draw does and every ESS estimate rests on si
 autocorrelation; the gradient columns count every step, thinned or not, so ESS per gradient
 stays comparable. Per sampler: wall time split into starting points and compilation (which
 overlap), warm-up and sampling (the run record), gradient evaluations, min and median bulk
-and tail ESS over the global parameters, min bulk ESS per 1000 sampling gradients and per
+and tail ESS over the global parameters with the slowest one's name, min bulk ESS per 1000 sampling gradients and per
 sampling second, max R-hat, divergences, and the largest |posterior mean - reference| /
 sqrt(mcse^2 + ref_se^2).
 
@@ -53,6 +53,7 @@ COLUMNS = [
     ("warmup_grads", "{:,}"),
     ("sampling_grads", "{:,}"),
     ("min_ess_bulk", "{:.0f}"),
+    ("slowest", "{}"),
     ("median_ess_bulk", "{:.0f}"),
     ("min_ess_tail", "{:.0f}"),
     ("median_ess_tail", "{:.0f}"),
@@ -129,6 +130,7 @@ def row(name: str, idata, moments) -> dict:
         warmup_grads=warmup_grads,
         sampling_grads=sampling_grads,
         min_ess_bulk=min_bulk,
+        slowest=str(table["ess_bulk"].idxmin()),
         median_ess_bulk=float(table["ess_bulk"].median()),
         min_ess_tail=float(table["ess_tail"].min()),
         median_ess_tail=float(table["ess_tail"].median()),
