@@ -19,9 +19,9 @@ kept draw costs roughly what a NUTS draw does and every ESS estimate rests on si
 autocorrelation; the gradient columns count every step, thinned or not, so ESS per gradient
 stays comparable. Per sampler: wall time split into starting points and compilation (which
 overlap), warm-up and sampling (the run record), gradient evaluations, min and median bulk
-and tail ESS over the global parameters with the slowest one's name, min bulk ESS per 1000 sampling gradients and per
-sampling second, max R-hat, divergences, and the largest |posterior mean - reference| /
-sqrt(mcse^2 + ref_se^2).
+and tail ESS over the global parameters with the slowest one's name, min bulk ESS per 1000
+sampling gradients and per sampling second, max R-hat, divergences, and the largest
+|posterior mean - reference| / sqrt(mcse^2 + ref_se^2).
 
 Writes ``table.md`` and ``ess_per_second.png`` to ``--out`` (default
 ``runs/bench-samplers-<timestamp>``) and prints the table.

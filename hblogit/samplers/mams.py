@@ -10,7 +10,7 @@ from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 from blackjax.mcmc.adjusted_mclmc_dynamic import make_random_trajectory_length_fn
 
 from .. import checks
-from .base import chain_keys, dimension, each_chain, neutral_stats, refuse_if_too_big, register
+from .base import chain_keys, dimension, each_chain, neutral_stats, num_chains, refuse_if_too_big, register
 from .tuned import TunedAtOnce
 
 GRADIENTS_PER_STEP = 2  # isokinetic McLachlan: two force stages per integration step
@@ -81,7 +81,7 @@ class MAMS(TunedAtOnce):
 
     def _seeded(self, key, chain):
         """The trajectory lengths come from a key in the chain's state."""
-        return chain._replace(random_generator_arg=chain_keys(key, chain.logdensity.shape[0]))
+        return chain._replace(random_generator_arg=chain_keys(key, num_chains(chain.position)))
 
     def _tune(self, key, chain, params, logdensity, num_warmup):
         kernel = self._kernel()

@@ -10,7 +10,7 @@ from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 from blackjax.util import generate_unit_vector
 
 from .. import checks
-from .base import chain_keys, dimension, each_chain, neutral_stats, refuse_if_too_big, register
+from .base import chain_keys, dimension, each_chain, neutral_stats, num_chains, refuse_if_too_big, register
 from .tuned import TunedAtOnce
 
 GRADIENTS_PER_STEP = 2  # the default integrator, isokinetic McLachlan, has two force stages
@@ -100,7 +100,7 @@ class MCLMC(TunedAtOnce):
 
     def _seeded(self, key, chain):
         """The starting momentum: a unit vector, as ``blackjax.mcmc.mclmc.init`` draws it."""
-        momentum = jax.vmap(generate_unit_vector)(chain_keys(key, chain.logdensity.shape[0]), chain.position)
+        momentum = jax.vmap(generate_unit_vector)(chain_keys(key, num_chains(chain.position)), chain.position)
         return chain._replace(momentum=momentum)
 
     def _tune(self, key, chain, params, logdensity, num_warmup):
