@@ -18,7 +18,9 @@ precision), in the layout "auto" picks, each vmapped over C chains:
                              groups, a candidate for GPUs (gibbs's option ``linalg``)
   refresh                    ``moves.refresh_effects``, whole (the three above and two passes
                              for the likelihood)
-  transport, one pass        ``moves.transport_scales`` (gibbs makes 2 x transport_passes)
+  transport, one pass        ``moves.transport_scales`` (gibbs makes 2 x transport_passes), in
+                             the layout of the rest; ``(segment)``: over the rows in the
+                             segment layout, for comparison
   interweave                 ``moves.interweave`` (gibbs makes 2)
   gibbs step (M)             ``Gibbs(chain_method=M).step``, NUTS included, at a step size of
                              STEP_SIZE with a unit mass matrix (its trees' gradients a chain
@@ -90,7 +92,8 @@ def main(argv=None):
         "triangular solve, 2 columns (unrolled)": (solve("unrolled"), factors, columns[2]),
         "refresh": (refresh("library"), keys, points),
         "refresh (unrolled)": (refresh("unrolled"), keys, points),
-        "transport, one pass": (lambda k, p: moves.transport_scales(k, p, dataset, log_scale_sds), keys, points),
+        "transport, one pass": (lambda k, p: moves.transport_scales(k, p, data, log_scale_sds), keys, points),
+        "transport, one pass (segment)": (lambda k, p: moves.transport_scales(k, p, dataset, log_scale_sds), keys, points),
         "interweave": (moves.interweave, keys, points),
     }
     contenders = []  # (name, fn)

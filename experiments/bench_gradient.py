@@ -19,8 +19,9 @@ Contenders, in one process, on the same data and at the same float32 point:
                    chain methods of hblogit's nuts
   interweave,      the scale moves nuts and hmc make after every transition (hblogit.moves):
   transport        interweave (no likelihood), and one pass of transport_scales (a few O(N)
-                   passes per family; a transition makes transport_passes of them); in the
-                   sampler's dtype, vmapped over C chains as the gradient is
+                   passes per family, in the layout "auto" picks; a transition makes
+                   transport_passes of them); in the sampler's dtype, vmapped over C
+                   chains as the gradient is
   pymc-dlogp       PyMC's model.compile_dlogp() (PyTensor's default backend), the post's CPU
                    number; CPU runs only (it never uses the accelerator)
   pymc-jax         jax.jit(jax.value_and_grad(get_jaxified_logp(model))), the post's GPU number
@@ -164,8 +165,9 @@ def main(argv=None):
         contenders.append((f"hblogit ({layout})", args.chains, lambda f=value_and_grad: block(f(point))))
     moves = {}
     if not args.gradient_only:
-        contenders += sampler_contenders(hblogit.make_logdensity(dataset), dataset.num_params, auto, args.chains, point, block)
-        moves = scale_moves(dataset)
+        auto_logdensity = hblogit.make_logdensity(dataset)
+        contenders += sampler_contenders(auto_logdensity, dataset.num_params, auto, args.chains, point, block)
+        moves = scale_moves(auto_logdensity, auto)
     for name, move in moves.items():
         move = jax.jit(jax.vmap(move) if args.chains > 1 else move)
         contenders.append((name, args.chains, lambda f=move: block(f(point))))
@@ -261,24 +263,25 @@ def nuts_tree(logdensity, num_params):
     return transition
 
 
-def scale_moves(dataset):
+def scale_moves(logdensity, layout):
     """name -> position -> position, for each move of hblogit.moves, in the sampler's dtype
-    (float64 under x64, as for nuts_tree). The transport's step sds are a plausible 0.1."""
+    (float64 under x64, as for nuts_tree), over the rows in ``logdensity``'s layout. The
+    transport's step sds are a plausible 0.1."""
     import jax
     import jax.numpy as jnp
 
     from hblogit import moves
 
     dtype = jnp.result_type(float)
-    log_scale_sds = jnp.full(dataset.num_covariates + 1, 0.1, dtype)
+    log_scale_sds = jnp.full(logdensity.dataset.num_covariates + 1, 0.1, dtype)
 
     def in_dtype(move):
         return lambda position: move(jax.random.key(0), jax.tree.map(lambda x: x.astype(dtype), position))[0]
 
-    return {
-        "interweave": in_dtype(moves.interweave),
-        "transport, one pass": in_dtype(lambda key, p: moves.transport_scales(key, p, dataset, log_scale_sds)),
-    }
+    def transport(key, position):
+        return moves.transport_scales(key, position, logdensity.data, log_scale_sds)
+
+    return {"interweave": in_dtype(moves.interweave), f"transport, one pass ({layout})": in_dtype(transport)}
 
 
 def pymc_contenders(sim, point, block, with_pytensor: bool):

@@ -44,12 +44,14 @@ from .model import (
     PRIOR_SD_SIGMA_GAMMA,
     _SORTED_GATHER,
     Params,
+    _block_eta,
+    _group_coefficients,
     _linear_predictor,
     _outcome_sign,
+    _pieces_to_groups,
     _row_terms,
     _segments,
     group_terms,
-    log_likelihood_of_eta,
     log_prior,
 )
 
@@ -66,6 +68,13 @@ TRANSPORT_MAX_ROWS_PER_GROUP = 20
 def transport_pays(dataset: Dataset) -> bool:
     """Whether the groups are weakly enough informed for ``transport_scales`` to pay."""
     return dataset.num_obs < TRANSPORT_MAX_ROWS_PER_GROUP * dataset.num_groups
+
+
+def rows_of(logdensity) -> Dataset | BlockedDataset | None:
+    """The data's rows in the layout ``logdensity`` evaluates them in, where it holds them on
+    one device (hblogit's ``LogDensity``): None for a sharded density, or one not hblogit's."""
+    data = getattr(logdensity, "data", None)
+    return data if isinstance(data, (Dataset, BlockedDataset)) else None
 
 
 def num_groups(params: Params) -> int:
@@ -171,8 +180,41 @@ def transported(z, scale, new_scale, b, h) -> tuple[jax.Array, jax.Array]:
     return new_z, 0.5 * jnp.sum(jnp.log(precision) - jnp.log(new_precision))
 
 
+class _RowBlock(NamedTuple):
+    """Rows of one array shape, for the transport's passes: the segment layout's (N,), or a
+    blocked layout's block (width, pieces) (``hblogit.layout``)."""
+
+    covariates: jax.Array  # (K, *shape): each covariate's rows, contiguous
+    sign: jax.Array  # shape: 1 - 2 y, 0 on padding rows
+    owner: jax.Array  # the group of each row (N,), or of each piece (pieces,)
+
+
+def _row_blocks(data: Dataset | BlockedDataset) -> tuple[_RowBlock, ...]:
+    if isinstance(data, BlockedDataset):
+        return tuple(_RowBlock(block.X, block.sign, block.owner) for block in data.blocks)
+    # A covariate's rows as one contiguous array: a column of the row-major X would be read
+    # with a stride of K, once per family and pass.
+    return (_RowBlock(data.X.T, _outcome_sign(data), data.group_idx),)
+
+
+def _sums_by_group(per_row: tuple[jax.Array, ...], data: Dataset | BlockedDataset) -> jax.Array:
+    """Per-group sums of per-row terms (one array per ``_RowBlock``, a trailing axis of
+    terms): a segment sum, or sums over the blocks' widths gathered to groups."""
+    if isinstance(data, BlockedDataset):
+        return _pieces_to_groups(jnp.concatenate([jnp.sum(terms, axis=0) for terms in per_row]), data)
+    return jax.ops.segment_sum(per_row[0], **_segments(data))
+
+
+def _rows_eta(params: Params, data: Dataset | BlockedDataset) -> tuple[jax.Array, ...]:
+    """The linear predictor of every row, one array per ``_RowBlock``."""
+    if isinstance(data, BlockedDataset):
+        intercepts, slopes = _group_coefficients(params, data.blocks[0].X.dtype)
+        return tuple(_block_eta(block, intercepts, slopes) for block in data.blocks)
+    return (_linear_predictor(params, data),)
+
+
 def transport_scales(
-    key, params: Params, data: Dataset, log_scale_sds: jax.Array, *, passes: int = 1
+    key, params: Params, data: Dataset | BlockedDataset, log_scale_sds: jax.Array, *, passes: int = 1
 ) -> tuple[Params, jax.Array]:
     """A Metropolis update of every family's scale, in random order, that carries its z's;
     ``passes`` times over, each pass in a new random order.
@@ -189,38 +231,49 @@ def transport_scales(
     kept up to date across families) decides acceptance.
 
     ``log_scale_sds`` (K + 1,): the posterior sd of each log scale (intercepts first), which
-    sets tau = ``TRANSPORT_STEP`` sds. Costs a few O(N) passes over the rows per family and
-    pass, no gradient. Independent random orders make the sequence of updates as likely
-    forwards as backwards, so the whole is reversible, for any number of passes.
+    sets tau = ``TRANSPORT_STEP`` sds. Costs a few passes over the rows per family and pass,
+    no gradient, in the data's layout: in the blocked one (``hblogit.layout``) they are
+    elementwise work over dense blocks, with no gather or scatter of N rows. Independent
+    random orders make the sequence of updates as likely forwards as backwards, so the
+    whole is reversible, for any number of passes.
     """
     integer(passes, "passes")
     f = families(params)
-    dtype, row_dtype = f.z.dtype, data.X.dtype  # per-row work and sums by group in the data's dtype, as the model
+    dtype = f.z.dtype  # per-row work and sums by group in the data's dtype, as the model
     num_families = f.z.shape[1]
     _, prior_sd_scale = _prior_sds(num_families - 1, dtype)
-    # Every family's covariate as a row of one (K + 1, N) array: reading a column of the
-    # row-major X would pass over all of X, once per family.
-    covariates = jnp.concatenate([jnp.ones((1, data.num_obs), row_dtype), data.X.T])
-    sign = _outcome_sign(data)
+    blocks = _row_blocks(data)
+    row_dtype = blocks[0].covariates.dtype
 
-    def to_rows(per_group):
-        return per_group.astype(row_dtype).at[data.group_idx].get(**_SORTED_GATHER)
+    def log_likelihood(eta):
+        return sum(jnp.sum(_row_terms(block.sign, eta_block)[0], dtype=dtype) for block, eta_block in zip(blocks, eta))
 
     def update_family(carry, inputs):
         z, log_scale, eta, log_lik, change = carry
         k, key = inputs
         key_delta, key_accept = jax.random.split(key)
-        x = jax.lax.dynamic_index_in_dim(covariates, k, axis=0, keepdims=False)
+        # family k's covariate per row: 1 for the intercepts (k = 0), else covariate k - 1
+        x = tuple(
+            jnp.where(k == 0, 1, jax.lax.dynamic_index_in_dim(block.covariates, jnp.maximum(k - 1, 0), keepdims=False))
+            for block in blocks
+        )
         scale, z_k = jnp.exp(log_scale[k]), z[:, k]
-        eta_without = eta - x * to_rows(scale * z_k)
-        _, residual, weight = _row_terms(sign, eta_without)
-        sums = jax.ops.segment_sum(jnp.stack([residual * x, weight * jnp.square(x)], axis=1), **_segments(data))
-        b, h = sums.astype(dtype).T
+
+        def to_rows(per_group):  # x times a per-group value, per row
+            per_group = per_group.astype(row_dtype)
+            return tuple(x_block * per_group.at[block.owner].get(**_SORTED_GATHER) for block, x_block in zip(blocks, x))
+
+        eta_without = jax.tree.map(jnp.subtract, eta, to_rows(scale * z_k))
+        terms = []
+        for block, x_block, eta_block in zip(blocks, x, eta_without):
+            _, residual, weight = _row_terms(block.sign, eta_block)
+            terms.append(jnp.stack([residual * x_block, weight * jnp.square(x_block)], axis=-1))
+        b, h = _sums_by_group(tuple(terms), data).astype(dtype).T
         delta = log_scale_sds[k] * TRANSPORT_STEP * jax.random.normal(key_delta, (), dtype)
         new_scale = scale * jnp.exp(delta)
         new_z_k, log_jacobian = transported(z_k, scale, new_scale, b, h)
-        new_eta = eta_without + x * to_rows(new_scale * new_z_k)
-        new_log_lik = log_likelihood_of_eta(new_eta, data, dtype)
+        new_eta = jax.tree.map(jnp.add, eta_without, to_rows(new_scale * new_z_k))
+        new_log_lik = log_likelihood(new_eta)
         log_density_change = (
             new_log_lik
             - log_lik
@@ -231,15 +284,15 @@ def transport_scales(
         accept = jnp.log(jax.random.uniform(key_accept, (), dtype)) < log_density_change + log_jacobian
         z = z.at[:, k].set(jnp.where(accept, new_z_k, z_k))
         log_scale = jnp.where(accept, log_scale.at[k].add(delta), log_scale)
-        eta = jnp.where(accept, new_eta, eta)
+        eta = jax.tree.map(lambda new, old: jnp.where(accept, new, old), new_eta, eta)
         log_lik = jnp.where(accept, new_log_lik, log_lik)
         return (z, log_scale, eta, log_lik, change + jnp.where(accept, log_density_change, 0)), None
 
     key_order, key_moves = jax.random.split(key)
     orders = jax.vmap(lambda k: jax.random.permutation(k, num_families))(jax.random.split(key_order, passes))
     order = orders.reshape(-1)
-    eta = _linear_predictor(params, data)
-    start = (f.z, f.log_scale, eta, log_likelihood_of_eta(eta, data, dtype), jnp.zeros((), dtype))
+    eta = _rows_eta(params, data)
+    start = (f.z, f.log_scale, eta, log_likelihood(eta), jnp.zeros((), dtype))
     (z, log_scale, _, _, change), _ = jax.lax.scan(update_family, start, (order, jax.random.split(key_moves, order.shape[0])))
     return from_families(Families(f.location, log_scale, z)), change
 

@@ -13,9 +13,11 @@ import pytest
 import hblogit
 from hblogit import model, moves
 from hblogit.data import Dataset, Truth
+from hblogit.layout import block_dataset
 from hblogit.model import Params
 from hblogit.sbc import draw_prior
 from tests.test_fit import assert_agrees_with_reference, reference  # noqa: F401  (fixture)
+from tests.test_layout import uneven_problem
 
 NUM_DRAWS = 20_000
 
@@ -232,3 +234,24 @@ def test_transport_leaves_the_joint_distribution_invariant():
         }
 
     assert_same_means(statistics(draws.params), statistics(after))
+
+
+def test_transport_draws_the_same_in_either_layout():
+    """In the blocked layout the passes are sums over dense blocks (groups split into pieces,
+    empty groups, one group longer than the widest block): the draws and claims are the
+    segment layout's, to rounding."""
+    data = uneven_problem(3, num_groups=15, num_covariates=2, huge=40).astype(jnp.float64)
+    blocked = block_dataset(data, max_blocks=3, max_width=4)
+    assert blocked.extra_piece.shape[0] > 0
+    params = hblogit.init_params(jax.random.key(1), data, radius=1.0)
+    sds = jnp.full(1 + data.num_covariates, 0.5)
+    density = hblogit.make_logdensity(data)
+    moved = 0
+    for seed in range(3):
+        segment = moves.transport_scales(jax.random.key(seed), params, data, sds, passes=2)
+        after, claimed = moves.transport_scales(jax.random.key(seed), params, blocked, sds, passes=2)
+        for a, b in zip(jax.tree.leaves((after, claimed)), jax.tree.leaves(segment)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(density(after) - density(params), claimed, rtol=1e-9, atol=1e-9)
+        moved += int(np.sum(np.asarray(after.log_sigma_gamma) != np.asarray(params.log_sigma_gamma)))
+    assert moved > 0

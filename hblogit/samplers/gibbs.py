@@ -11,8 +11,6 @@ from jax.flatten_util import ravel_pytree
 
 from .. import checks, small_linalg
 from .. import moves as model_moves
-from ..data import Dataset
-from ..layout import BlockedDataset
 from .base import register
 from .nuts import NUTS
 
@@ -108,8 +106,8 @@ class Gibbs(NUTS):
         return chain, self._stats(chain.logdensity, info, step_size)
 
     def _middle_moves(self, logdensity) -> list:
-        data = getattr(logdensity, "data", None)
-        if not isinstance(data, (Dataset, BlockedDataset)):
+        data = model_moves.rows_of(logdensity)
+        if data is None:
             raise ValueError(
                 "gibbs needs the data's rows on one device (logdensity.data), and this log-density "
                 "has none (it is sharded, or not hblogit's); use nuts"

@@ -25,7 +25,6 @@ from blackjax.adaptation.window_adaptation import build_schedule
 
 from .. import checks
 from .. import moves as model_moves
-from ..data import Dataset
 from .base import StepStats, check_chain_method, each_chain
 
 
@@ -154,12 +153,11 @@ class WindowAdapted(eqx.Module):
 
     def _transports(self, logdensity) -> bool:
         """Whether the transport move runs against ``logdensity``. It needs the rows on one
-        device (``logdensity.dataset``), which a sharded density does not offer; by default
-        it runs where groups are weakly informed (``moves.transport_pays``)."""
-        dataset = getattr(logdensity, "dataset", None)
-        has_rows = isinstance(dataset, Dataset)
+        device (``moves.rows_of``), which a sharded density does not offer; by default it runs
+        where groups are weakly informed (``moves.transport_pays``)."""
+        has_rows = model_moves.rows_of(logdensity) is not None
         if self.transport is None:
-            return has_rows and model_moves.transport_pays(dataset)
+            return has_rows and model_moves.transport_pays(logdensity.dataset)
         if self.transport and not has_rows:
             raise ValueError(
                 "transport needs the data's rows on one device, and this log-density has none "
@@ -184,7 +182,7 @@ class WindowAdapted(eqx.Module):
             log_scale_sds = jnp.sqrt(jnp.concatenate([variances.log_sigma_alpha[None], variances.log_sigma_gamma]))
             moves.append(
                 lambda k, p: model_moves.transport_scales(
-                    k, p, logdensity.dataset, log_scale_sds, passes=self.transport_passes
+                    k, p, model_moves.rows_of(logdensity), log_scale_sds, passes=self.transport_passes
                 )
             )
         middle = self._middle_moves(logdensity)
