@@ -239,11 +239,11 @@ def transport_scales(
     """
     integer(passes, "passes")
     f = families(params)
-    dtype = f.z.dtype  # per-row work and sums by group in the data's dtype, as the model
+    dtype = f.z.dtype
     num_families = f.z.shape[1]
     _, prior_sd_scale = _prior_sds(num_families - 1, dtype)
     blocks = _row_blocks(data)
-    row_dtype = blocks[0].covariates.dtype
+    row_dtype = blocks[0].covariates.dtype  # per-row work and sums by group in the data's dtype, as the model
 
     def log_likelihood(eta):
         return sum(jnp.sum(_row_terms(block.sign, eta_block)[0], dtype=dtype) for block, eta_block in zip(blocks, eta))
