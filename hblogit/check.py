@@ -269,9 +269,11 @@ def compare_at_points(implementations: dict[str, Implementation], points) -> Com
 
 
 def gradient_block_errors(ours: dict, reference: dict) -> dict[str, float]:
-    """max |ours - reference| per block, over max |reference| across the whole gradient."""
-    scale = max(float(np.max(np.abs(r))) for r in reference.values())
-    return {name: float(np.max(np.abs(ours[name] - r))) / scale for name, r in reference.items()}
+    """max |ours - reference| per block, over max |reference| across the whole gradient.
+    Empty blocks (the slopes' without covariates) have no error to report."""
+    blocks = {name: r for name, r in reference.items() if np.size(r)}
+    scale = max(float(np.max(np.abs(r))) for r in blocks.values())
+    return {name: float(np.max(np.abs(ours[name] - r))) / scale for name, r in blocks.items()}
 
 
 def error_table_rows(precision: str, tolerance: Tolerance, comparison: Comparison) -> list[dict]:
@@ -279,7 +281,8 @@ def error_table_rows(precision: str, tolerance: Tolerance, comparison: Compariso
     worst = {"value": max(comparison.value_errors)}
     worst["gradient"] = max(max(errors.values()) for errors in comparison.gradient_errors)
     for name in Params._fields:
-        worst[name] = max(errors[name] for errors in comparison.gradient_errors)
+        if name in comparison.gradient_errors[0]:
+            worst[name] = max(errors[name] for errors in comparison.gradient_errors)
     rows = []
     for quantity, error in worst.items():
         limit = tolerance.value if quantity == "value" else tolerance.gradient

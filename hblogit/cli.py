@@ -47,15 +47,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--covariates",
         metavar="A,B,C",
         type=_comma_list,
-        help="covariate columns, comma-separated (with --data; default: every other numeric column)",
+        help="covariate columns, comma-separated (with --data; default: every other numeric column; "
+        "'' for none: random intercepts only)",
     )
 
 
 def _comma_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected comma-separated column names")
-    return names
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def load_data(args: argparse.Namespace, default_preset: str = "small") -> LoadedData:
@@ -71,7 +69,7 @@ def load_data(args: argparse.Namespace, default_preset: str = "small") -> Loaded
     dataset = load_table(args.data, args.outcome, args.group, args.covariates)
     description = (
         f"{args.data}: outcome {args.outcome!r}, group {args.group!r}, "
-        f"covariates {', '.join(dataset.covariate_names)}; {_sizes(dataset)}"
+        f"covariates {', '.join(dataset.covariate_names) or 'none (random intercepts only)'}; {_sizes(dataset)}"
     )
     return LoadedData(dataset, None, description)
 

@@ -55,9 +55,8 @@ def simulate(
     (mean(y) = 0.359275). The dtypes of every intermediate follow the post exactly, since
     they change the values that NumPy draws.
     """
-    num_obs, num_groups, num_covariates = (
-        integer(value, name) for value, name in ((num_obs, "num_obs"), (num_groups, "num_groups"), (num_covariates, "num_covariates"))
-    )
+    num_obs, num_groups = integer(num_obs, "num_obs"), integer(num_groups, "num_groups")
+    num_covariates = integer(num_covariates, "num_covariates", low=0)  # 0: random intercepts only
     rng = np.random.default_rng(seed)
     group_idx = rng.integers(0, num_groups, size=num_obs, dtype=np.int64)
     X = rng.normal(size=(num_obs, num_covariates)).astype(np.float32)
@@ -88,7 +87,8 @@ class Dataset(eqx.Module):
     permutation applied to the caller's rows (``X_sorted = X_caller[order]``);
     ``group_sizes`` and ``group_offsets`` describe the contiguous block of each group.
     A group with no rows is legal: its parameters keep their prior. A constant or huge
-    covariate is legal too, and warned of (``covariate_problems``).
+    covariate is legal too, and warned of (``covariate_problems``). ``X`` may have no
+    columns (K = 0): the model with random intercepts only.
 
     It is a pytree (an equinox Module) with the sizes static, so it crosses ``jit``.
     """
@@ -216,8 +216,6 @@ def _validate(X, y, group_idx, num_groups):
         raise ValueError(f"X must be 2-D (rows x covariates), got an array with {X.ndim} dimension(s)")
     if X.shape[0] == 0:
         raise ValueError("X has no rows: a dataset needs at least one observation")
-    if X.shape[1] == 0:
-        raise ValueError("X has no columns: the model needs at least one covariate")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"X must be numeric, got dtype {X.dtype}")
     X = X.astype(np.float64 if X.dtype == np.float64 else np.float32)

@@ -145,6 +145,10 @@ def piece_sums(piece_intercepts, piece_slopes, X, sign, *, interpret: bool | Non
     """
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
+    if X.shape[0] == 0:  # no covariates: Pallas takes no empty arrays, so a zero covariate stands in
+        zero = jnp.zeros((1, *X.shape[1:]), X.dtype)
+        log_p, S, T = _piece_sums(interpret)(piece_intercepts, jnp.zeros_like(zero[:, 0]), zero, sign)
+        return log_p, S, T[:0]
     return _piece_sums(interpret)(piece_intercepts, piece_slopes, X, sign)
 
 

@@ -33,7 +33,8 @@ def load_table(path, outcome: str, group: str, covariates=None) -> Dataset:
     Group labels may be anything pandas can sort (strings, sparse large integers, ...): they are
     factorised in sorted order and kept as ``dataset.group_labels``. ``covariates`` defaults to
     every numeric column other than ``outcome`` and ``group``, in file order; the names are
-    kept as ``dataset.covariate_names``.
+    kept as ``dataset.covariate_names``. ``covariates=[]``, or a table of the outcome and
+    group columns alone, gives the model with random intercepts only (K = 0).
     """
     path = Path(path)
     table = read_table(path)
@@ -118,11 +119,13 @@ def _covariate_columns(table, outcome, group, covariates, where) -> tuple[str, .
     if outcome == group:
         raise ValueError(f"outcome and group are the same column {outcome!r}")
     if covariates is None:
-        covariates = [
-            c for c in table.columns if c not in (outcome, group) and pd.api.types.is_numeric_dtype(table[c])
-        ]
-        if not covariates:
-            raise ValueError(f"no numeric covariate columns {where} besides {outcome!r} and {group!r}")
+        others = [c for c in table.columns if c not in (outcome, group)]
+        covariates = [c for c in others if pd.api.types.is_numeric_dtype(table[c])]
+        if others and not covariates:  # a table of outcome and group alone has random intercepts only
+            raise ValueError(
+                f"no numeric covariate columns {where} besides {outcome!r} and {group!r} (not numeric: "
+                f"{', '.join(map(repr, others))}); for random intercepts only, pass covariates=[] (--covariates '')"
+            )
     covariates = (covariates,) if isinstance(covariates, str) else tuple(covariates)
     twice = repeated(covariates)
     if twice:

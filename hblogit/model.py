@@ -178,7 +178,8 @@ def _piece_coefficients(block: Block, intercepts: jax.Array, slopes: jax.Array) 
 def _block_eta(block: Block, intercepts: jax.Array, slopes: jax.Array) -> jax.Array:
     """The linear predictor (width, pieces) of a block's rows: K elementwise terms."""
     piece_intercepts, piece_slopes = _piece_coefficients(block, intercepts, slopes)
-    return piece_intercepts + sum(block.X[k] * piece_slopes[k] for k in range(block.X.shape[0]))
+    rows = jnp.zeros_like(block.sign)  # the shape of the rows, also where K = 0
+    return piece_intercepts + sum((block.X[k] * piece_slopes[k] for k in range(block.X.shape[0])), rows)
 
 
 def _block_sums(block: Block, intercepts: jax.Array, slopes: jax.Array, accumulate):
@@ -262,7 +263,7 @@ def _segment_group_terms(params: Params, data: Dataset) -> GroupTerms:
     outer products (this layout serves small data: large data on a CPU is blocked)."""
     accumulate = _accumulate_dtype(params)
     log_p, residual, weight = _row_terms(_outcome_sign(data), _linear_predictor(params, data))
-    covariates = jnp.concatenate([jnp.ones_like(data.X[:, :1]), data.X], axis=1)
+    covariates = jnp.concatenate([jnp.ones((data.X.shape[0], 1), data.X.dtype), data.X], axis=1)
     per_row = (log_p, residual[:, None] * covariates, weight[:, None, None] * covariates[:, :, None] * covariates[:, None, :])
     return GroupTerms(*(jax.ops.segment_sum(t, **_segments(data)).astype(accumulate) for t in per_row))
 
@@ -275,7 +276,7 @@ def _blocked_group_terms(params: Params, data: BlockedDataset) -> GroupTerms:
     pieces = []
     for block in data.blocks:
         log_p, residual, weight = _row_terms(block.sign, _block_eta(block, intercepts, slopes))
-        covariates = jnp.concatenate([jnp.ones_like(block.X[:1]), block.X])  # (K + 1, width, pieces)
+        covariates = jnp.concatenate([jnp.ones((1, *block.X.shape[1:]), block.X.dtype), block.X])  # (K + 1, width, pieces)
         pieces.append(
             (
                 jnp.sum(log_p, axis=0),

@@ -197,6 +197,13 @@ def _row_blocks(data: Dataset | BlockedDataset) -> tuple[_RowBlock, ...]:
     return (_RowBlock(data.X.T, _outcome_sign(data), data.group_idx),)
 
 
+def _family_covariate(block: _RowBlock, k: jax.Array) -> jax.Array:
+    """Family k's covariate per row: 1 for the intercepts (k = 0), else covariate k - 1."""
+    if block.covariates.shape[0] == 0:  # no covariates: the intercepts are the only family
+        return jnp.ones_like(block.sign)
+    return jnp.where(k == 0, 1, jax.lax.dynamic_index_in_dim(block.covariates, jnp.maximum(k - 1, 0), keepdims=False))
+
+
 def _sums_by_group(per_row: tuple[jax.Array, ...], data: Dataset | BlockedDataset) -> jax.Array:
     """Per-group sums of per-row terms (one array per ``_RowBlock``, a trailing axis of
     terms): a segment sum, or sums over the blocks' widths gathered to groups."""
@@ -252,11 +259,7 @@ def transport_scales(
         z, log_scale, eta, log_lik, change = carry
         k, key = inputs
         key_delta, key_accept = jax.random.split(key)
-        # family k's covariate per row: 1 for the intercepts (k = 0), else covariate k - 1
-        x = tuple(
-            jnp.where(k == 0, 1, jax.lax.dynamic_index_in_dim(block.covariates, jnp.maximum(k - 1, 0), keepdims=False))
-            for block in blocks
-        )
+        x = tuple(_family_covariate(block, k) for block in blocks)
         scale, z_k = jnp.exp(log_scale[k]), z[:, k]
 
         def to_rows(per_group):  # x times a per-group value, per row

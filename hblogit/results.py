@@ -63,9 +63,14 @@ def pooled_group_moments(result: RunResult, dataset) -> xr.Dataset:
     return xr.Dataset(data, coords={"group": groups, "covariate": list(dataset.covariate_names)})
 
 
+def global_names(idata) -> list[str]:
+    """The global parameters that have values: without covariates, beta and sigma_gamma are empty."""
+    return [name for name in GLOBALS if idata["posterior"][name].size]
+
+
 def summary(idata):
     """az.summary of the global parameters: mean, sd, eti89, ess_bulk, ess_tail, r_hat, mcse."""
-    return az.summary(idata, var_names=GLOBALS, ci_kind="eti", ci_prob=0.89, round_to="none")
+    return az.summary(idata, var_names=global_names(idata), ci_kind="eti", ci_prob=0.89, round_to="none")
 
 
 class Verdict(NamedTuple):
@@ -146,7 +151,7 @@ def plot_trace(idata, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    pc = azp.plot_trace_dist(idata, var_names=GLOBALS, backend="matplotlib")
+    pc = azp.plot_trace_dist(idata, var_names=global_names(idata), backend="matplotlib")
     pc.savefig(path)
 
 
@@ -160,6 +165,8 @@ def plot_recovery(idata, truth, path: Path) -> None:
     posterior = idata["posterior"]
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for name, marker in zip(GLOBALS, "osD^"):
+        if name not in global_names(idata):
+            continue
         draws = posterior[name].values.reshape(-1, *posterior[name].shape[2:]).reshape(
             posterior[name].shape[0] * posterior[name].shape[1], -1
         )

@@ -40,6 +40,17 @@ def test_gradient_mode_passes_and_writes_tables(tiny_csv, tmp_path, capsys):
     assert "| float64 | z_gamma |" in markdown and "## timing" in markdown
 
 
+def test_gradient_mode_without_covariates_reports_the_blocks_there_are(tiny_csv, tmp_path, capsys):
+    """A table of the outcome and group alone: random intercepts only, so no beta, sigma_gamma
+    or z_gamma rows (empty blocks have no error)."""
+    bare = tmp_path / "bare.csv"
+    pd.read_csv(tiny_csv)[["y", "g"]].to_csv(bare, index=False)
+    assert run_check(bare, tmp_path / "out") == 0
+    assert "covariates none (random intercepts only)" in capsys.readouterr().out
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    assert set(errors.quantity) == {"value", "gradient", "alpha", "log_sigma_alpha", "z_alpha"} and errors.ok.all()
+
+
 def test_gradient_mode_fails_on_a_wrong_prior_and_names_the_block(tiny_csv, tmp_path, capsys, monkeypatch):
     """beta ~ Normal(0, 2) instead of Normal(0, 1): the beta gradient, and only it, is wrong."""
     try:

@@ -84,11 +84,26 @@ def test_float64_X_is_not_rounded_when_x64_is_off():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_ENABLE_X64": "0"}, timeout=300)
 
 
-@pytest.mark.parametrize("change", [dict(num_obs=1e3), dict(num_groups=0), dict(num_covariates=True)])
-def test_simulate_refuses_sizes_that_are_not_positive_integers(change):
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        (dict(num_obs=1e3), "a positive integer"),
+        (dict(num_groups=0), "a positive integer"),
+        (dict(num_covariates=True), "an integer >= 0"),
+        (dict(num_covariates=-1), "an integer >= 0"),
+    ],
+)
+def test_simulate_refuses_sizes_that_are_not_integers_in_range(change, what):
     name, value = next(iter(change.items()))
-    with pytest.raises(ValueError, match=f"{name} must be a positive integer, got {value!r}"):
+    with pytest.raises(ValueError, match=f"{name} must be {what}, got {value!r}"):
         hblogit.simulate(**{**dict(num_obs=100, num_groups=10, num_covariates=2), **change})
+
+
+def test_simulate_without_covariates_draws_random_intercepts_only():
+    sim = hblogit.simulate(num_obs=100, num_groups=10, num_covariates=0, seed=1)
+    assert sim.X.shape == (100, 0) and sim.truth.gamma_group.shape == (10, 0)
+    dataset = sim.dataset()
+    assert dataset.num_covariates == 0 and dataset.num_params == 2 + 10
 
 
 def test_dataset_is_a_pytree_that_crosses_jit():

@@ -49,6 +49,18 @@ def test_cli_writes_every_file(tmp_path, table_file, capsys):
     assert printed.splitlines()[0].startswith(str(table_file)) and "Diagnostics:" in printed
 
 
+def test_cli_fits_random_intercepts_only(tmp_path, table_file, capsys):
+    """--covariates '' (or a table without covariate columns): summary and plots of alpha and
+    sigma_alpha alone; beta and sigma_gamma are kept, empty."""
+    out = tmp_path / "run"
+    argv = ["--data", str(table_file), "--outcome", "bought", "--group", "store", "--covariates", "", "--out", str(out)]
+    assert main([*argv, *FAST]) == 0
+    assert {"summary.csv", "trace.png", "posterior.nc"} <= {p.name for p in out.iterdir()}
+    assert list(pd.read_csv(out / "summary.csv", index_col=0).index) == ["alpha", "sigma_alpha"]
+    assert xr.open_datatree(out / "posterior.nc")["posterior"]["beta"].shape == (2, 30, 0)
+    assert "covariates none (random intercepts only); N=300 G=4 K=0" in capsys.readouterr().out
+
+
 def test_cli_preset_writes_recovery_plot(tmp_path, monkeypatch):
     from hblogit import presets
 

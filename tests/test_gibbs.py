@@ -54,9 +54,10 @@ def test_group_terms_are_each_groups_likelihood_and_its_derivatives(uneven, layo
     np.testing.assert_allclose(terms.log_likelihood, segment_sum, atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    return hblogit.simulate(400, 20, 3, seed=4).dataset().astype(jnp.float64)
+@pytest.fixture(scope="module", params=[3, 0], ids=["K=3", "K=0"])
+def simulated(request):
+    """K = 0: random intercepts only, every group's system 1 x 1."""
+    return hblogit.simulate(400, 20, request.param, seed=4).dataset().astype(jnp.float64)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

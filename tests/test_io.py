@@ -90,7 +90,7 @@ def bad_inputs(tmp_path):
     def csv(name, **changes):
         return write(frame(STRING_LABELS).assign(**changes), tmp_path / name, ".csv")
 
-    for sub in ("nan_x", "nan_y", "nan_g", "y2", "ystr"):
+    for sub in ("nan_x", "nan_y", "nan_g", "y2", "ystr", "text_only"):
         (tmp_path / sub).mkdir()
     empty_npz, truncated_npz, npy_as_npz, clashing_npz = (tmp_path / f"{name}.npz" for name in ("empty", "truncated", "npy", "clash"))
     empty_npz.write_bytes(b"")
@@ -99,6 +99,7 @@ def bad_inputs(tmp_path):
     with open(npy_as_npz, "wb") as handle:
         np.save(handle, np.ones(3))
     np.savez(clashing_npz, X=np.ones((2, 2)), covariate_names=np.array(["bought", "dose"]), bought=[1, 0], shop=[0, 1])
+    text_only = write(frame(STRING_LABELS).drop(columns=["x1", "x2"]), tmp_path / "text_only", ".csv")
     return [
         ("empty npz", empty_npz, {}, ["cannot read", "empty.npz"]),
         ("truncated npz", truncated_npz, {}, ["cannot read", "truncated.npz"]),
@@ -111,6 +112,7 @@ def bad_inputs(tmp_path):
         ("missing group", good, dict(group="store"), ["'store'", "shop"]),
         ("missing covariate", good, dict(covariates=["x1", "x9"]), ["'x9'", "x2"]),
         ("non-numeric covariate", good, dict(covariates=["x1", "note"]), ["'note'", "not numeric"]),
+        ("no numeric covariate", text_only, {}, ["no numeric covariate", "'note'"]),
         ("NaN covariate", csv("nan_x", x1=[0.5, np.nan, 2, 0, 1, 1]), {}, ["'x1'", "NaN", "row 1"]),
         ("NaN outcome", csv("nan_y", bought=[1, 0, np.nan, 1, 0, 0]), {}, ["'bought'", "NaN", "row 2"]),
         ("NaN group", csv("nan_g", shop=["a", None, "b", "a", "b", "a"]), {}, ["'shop'", "NaN", "row 1"]),
@@ -128,6 +130,17 @@ def test_bad_inputs_raise_value_error_naming_the_problem(tmp_path):
         assert "\n" not in message, description
         for word in words:
             assert word in message, (description, message)
+
+
+def test_no_covariates_gives_random_intercepts_only(tmp_path):
+    """covariates=[] (--covariates ''), or a table of the outcome and group alone: K = 0."""
+    path = write(frame(STRING_LABELS), tmp_path, ".csv")
+    (tmp_path / "bare").mkdir()
+    bare = write(frame(STRING_LABELS)[["bought", "shop"]], tmp_path / "bare", ".csv")
+    for dataset in (hblogit.load_table(path, "bought", "shop", covariates=[]), hblogit.load_table(bare, "bought", "shop")):
+        assert dataset.X.shape == (6, 0) and dataset.covariate_names == () and dataset.num_params == 2 + 3
+    loaded = load_data(parse(["--data", str(path), "--outcome", "bought", "--group", "shop", "--covariates", ""]))
+    assert loaded.dataset.num_covariates == 0 and "covariates none (random intercepts only)" in loaded.description
 
 
 def parse(argv):
