@@ -1,4 +1,5 @@
-"""Loading a table from a file into a ``Dataset``: one outcome column, one group column, covariates.
+"""Loading a table (a file, or a pandas DataFrame in memory) into a ``Dataset``: one outcome
+column, one group column, covariates.
 
 Accepted files:
 
@@ -10,7 +11,8 @@ Accepted files:
   Arrays are loaded with ``allow_pickle=False``, so object arrays are refused.
 
 Every problem with the file or its columns raises ``ValueError`` with a one-line message that
-names the file and the column, so that a command-line tool can print it as it stands.
+names the file (or "the DataFrame") and the column, so that a command-line tool can print it
+as it stands.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ SUPPORTED = (".csv", ".parquet", ".npz")
 
 
 def load_table(path, outcome: str, group: str, covariates=None) -> Dataset:
-    """A ``Dataset`` from the columns ``outcome`` (0/1 or boolean), ``group`` and ``covariates``.
+    """A ``Dataset`` from the columns ``outcome`` (0/1 or boolean), ``group`` and ``covariates``
+    of ``path``: a .csv, .parquet or .npz file, or a pandas DataFrame (read as it is).
 
     Group labels may be anything pandas can sort (strings, sparse large integers, ...): they are
     factorised in sorted order and kept as ``dataset.group_labels``. ``covariates`` defaults to
@@ -36,9 +39,11 @@ def load_table(path, outcome: str, group: str, covariates=None) -> Dataset:
     kept as ``dataset.covariate_names``. ``covariates=[]``, or a table of the outcome and
     group columns alone, gives the model with random intercepts only (K = 0).
     """
-    path = Path(path)
-    table = read_table(path)
-    where = f"in {path.name}"
+    if isinstance(path, pd.DataFrame):
+        table, where = path, "in the DataFrame"
+    else:
+        path = Path(path)
+        table, where = read_table(path), f"in {path.name}"
     covariates = _covariate_columns(table, outcome, group, covariates, where)
     for column in (outcome, group, *covariates):
         _require_column(table, column, where)

@@ -56,6 +56,20 @@ def test_load_table_keeps_labels_and_names(tmp_path, suffix, labels):
     )
 
 
+def test_a_dataframe_loads_as_its_file_does(tmp_path):
+    """In memory, with an index that is not 0..n-1 and categorical groups with an unused
+    category: the Dataset of its CSV; errors say "the DataFrame"."""
+    table = frame(STRING_LABELS).set_index(np.arange(6) * 7 + 3)
+    from_file = hblogit.load_table(write(table, tmp_path, ".csv"), "bought", "shop")
+    table["shop"] = pd.Categorical(table["shop"], categories=["unused", *sorted(set(STRING_LABELS))])
+    in_memory = hblogit.load_table(table, "bought", "shop")
+    assert in_memory.group_labels == from_file.group_labels and in_memory.covariate_names == from_file.covariate_names
+    for name in ("X", "y", "group_idx"):
+        np.testing.assert_array_equal(getattr(in_memory, name), getattr(from_file, name))
+    with pytest.raises(ValueError, match="column 'x1' in the DataFrame has 1 missing value"):
+        hblogit.load_table(table.assign(x1=[0.5, np.nan, 2, 0, 1, 1]), "bought", "shop")
+
+
 def test_explicit_covariates_keep_their_order(tmp_path):
     path = write(frame(STRING_LABELS), tmp_path, ".csv")
     ds = hblogit.load_table(path, "bought", "shop", covariates=["x2", "x1"])
