@@ -164,8 +164,9 @@ def plot_recovery(idata, truth, path: Path) -> None:
 
     posterior = idata["posterior"]
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    for name, marker in zip(GLOBALS, "osD^"):
-        if name not in global_names(idata):
+    present = global_names(idata)
+    for name, marker in zip(GLOBALS, "osD^"):  # a marker per name, whichever are present
+        if name not in present:
             continue
         draws = posterior[name].values.reshape(-1, *posterior[name].shape[2:]).reshape(
             posterior[name].shape[0] * posterior[name].shape[1], -1

@@ -118,6 +118,7 @@ def test_refresh_leaves_the_joint_distribution_invariant():
     assert_same_means(statistics(draws.params), statistics(after))
 
 
+@pytest.mark.parametrize("simulated", [3], indirect=True)  # one K: the refusal is the same for any
 def test_gibbs_on_a_sharded_density_says_why(simulated):
     from hblogit import runner, sharding
 
